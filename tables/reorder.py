@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tables.changelog import changelog_table
+
 
 @dataclass(slots=True)
 class Buffered:
@@ -74,10 +76,4 @@ class ReorderBuffer:
 
 def reorder_table(app: Any, name: str, partitions: int) -> Any:
     """The changelog-backed Faust table: aggregate ID -> buffered events."""
-    return app.Table(
-        name,
-        partitions=partitions,
-        key_serializer="raw",
-        value_serializer="json",
-        help="Per-aggregate reorder buffer (events held for an earlier sequence)",
-    )
+    return changelog_table(app, name, partitions, "Per-aggregate reorder buffer (events held for an earlier sequence)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tables.changelog import changelog_table
+
 
 class SeenIds:
     """Insertion-ordered map of idempotency key -> time applied.
@@ -48,10 +50,4 @@ class SeenIds:
 
 def seen_table(app: Any, name: str, partitions: int) -> Any:
     """The changelog-backed Faust table: aggregate ID -> {idempotency key: applied at}."""
-    return app.Table(
-        name,
-        partitions=partitions,
-        key_serializer="raw",
-        value_serializer="json",
-        help="Recently applied event IDs per aggregate",
-    )
+    return changelog_table(app, name, partitions, "Recently applied event IDs per aggregate")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tables.changelog import changelog_table
+
 
 @dataclass(slots=True)
 class Parked:
@@ -43,10 +45,4 @@ class SequenceState:
 
 def sequence_table(app: Any, name: str, partitions: int) -> Any:
     """The changelog-backed Faust table: aggregate ID -> sequence state."""
-    return app.Table(
-        name,
-        partitions=partitions,
-        key_serializer="raw",
-        value_serializer="json",
-        help="Per-aggregate next expected sequence and parking",
-    )
+    return changelog_table(app, name, partitions, "Per-aggregate next expected sequence and parking")

@@ -86,11 +86,12 @@ def receive(
     state.last_active = now
     if event.key in agg.seen:
         return Verdict.DUPLICATE
+    if state.next_seq is None and event.seq is not None:
+        # Before the unordered return: an unordered event's number must count too.
+        state.next_seq = 1 if start == "from_one" else event.seq
     if policy.ordering == "unordered" or event.seq is None:
         return Verdict.APPLY
     seq = event.seq
-    if state.next_seq is None:
-        state.next_seq = 1 if start == "from_one" else seq
     parked = state.parked
     if parked is not None and seq == parked.seq:
         return Verdict.APPLY  # the event the aggregate waits for: replayed or retried
@@ -153,18 +154,28 @@ def failed(agg: Aggregate, event: Incoming, policy: Policy, reason: str, now: fl
         return True
     if event.seq == state.next_seq:
         state.next_seq += 1
+    elif event.seq not in agg.buffer:
+        # Ahead of the sequence (an unordered event): mark its number as used.
+        agg.buffer.put(Buffered(event.seq, event.key, event.type, now, None, done=True))
     return False
+
+
+def _waiting(agg: Aggregate) -> Buffered | None:
+    """The lowest buffered event that waits (``done`` placeholders do not wait)."""
+    return min(
+        (b for b in agg.buffer.items.values() if not b.done), key=lambda b: b.seq, default=None
+    )
 
 
 def gap_due(agg: Aggregate, policy_of: Any, now: float) -> bool:
     """Whether ``expire_gap`` would act now (the oldest buffered event waited too long)."""
     if agg.seq.parked is not None or agg.seq.next_seq is None:
         return False
-    lowest = agg.buffer.lowest()
+    waiting = _waiting(agg)
     oldest = agg.buffer.oldest_at()
-    if lowest is None or oldest is None:
+    if waiting is None or oldest is None:
         return False
-    policy: Policy = policy_of(lowest.type)
+    policy: Policy = policy_of(waiting.type)
     return now - oldest > policy.gap_timeout
 
 
@@ -178,8 +189,9 @@ def expire_gap(agg: Aggregate, policy_of: Any, now: float) -> Gap | Parked | Non
         return None
     state = agg.seq
     lowest = agg.buffer.lowest()
-    assert lowest is not None and state.next_seq is not None
-    policy: Policy = policy_of(lowest.type)
+    waiting = _waiting(agg)
+    assert lowest is not None and waiting is not None and state.next_seq is not None
+    policy: Policy = policy_of(waiting.type)
     if policy.gap_policy == "park":
         state.parked = Parked(state.next_seq, "gap", now)
         return state.parked

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     # --- where ---
     broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap servers (kafka://host:port[;host:port])")
     redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis for once-only side effects")
+    redis_prefix: str = Field("seqguard:", description="Prefix of every Redis key seqguard writes")
     app_id: str = Field("seqguard", description="Faust app id: consumer group and changelog topic prefix")
     worker_id: str = Field("", description="Worker identity written into DLQ headers (default: host:pid)")
 

@@ -1,0 +1,159 @@
+"""A pure, in-memory stand-in for the binding around ``tables.sequencer``.
+
+It calls the core exactly as the Faust binding does (receive -> handler ->
+applied/failed -> pop_ready drain; a gap timer calling expire_gap; an operator
+calling resolve), with no I/O and a fake clock: every call takes ``now``.
+Handlers succeed unless a test asks an event key to fail a number of times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tables.policy import Policy, PolicyBook, StartPolicy
+from tables.reorder import Buffered
+from tables.sequence import Parked
+from tables.sequencer import (
+    Aggregate,
+    Gap,
+    Incoming,
+    Limits,
+    Verdict,
+    applied,
+    expire_gap,
+    failed,
+    pop_ready,
+    receive,
+    resolve,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """One handler run that succeeded."""
+
+    seq: int | None
+    key: str
+    type: str
+    late: bool = False  # applied as a LATE event (warn policy)
+
+
+@dataclass
+class Driver:
+    book: PolicyBook = field(default_factory=PolicyBook)
+    limits: Limits = field(default_factory=Limits)
+    aggs: dict[str, Aggregate] = field(default_factory=dict)
+    #: Aggregate -> handler runs that succeeded, in the order they ran.
+    output: dict[str, list[Applied]] = field(default_factory=dict)
+    gaps: dict[str, list[Gap]] = field(default_factory=dict)
+    parks: dict[str, list[Parked]] = field(default_factory=dict)
+    #: Events that went to the DLQ (handler failed), in order: (aggregate, event, reason).
+    dlq: list[tuple[str, Incoming, str]] = field(default_factory=list)
+    #: LATE events refused (non-warn policies) and OVERFLOW events: (aggregate, event, verdict).
+    rejected: list[tuple[str, Incoming, Verdict]] = field(default_factory=list)
+    #: Every verdict given: (aggregate, event, verdict).
+    verdicts: list[tuple[str, Incoming, Verdict]] = field(default_factory=list)
+    #: Event key -> how many more times its handler fails.
+    fail_times: dict[str, int] = field(default_factory=dict)
+
+    # --- the binding -------------------------------------------------------
+
+    @property
+    def start(self) -> StartPolicy:
+        return self.book.start
+
+    def agg(self, agg_id: str) -> Aggregate:
+        return self.aggs.setdefault(agg_id, Aggregate())
+
+    def policy(self, event_type: str) -> Policy:
+        return self.book.for_type(event_type)
+
+    def deliver(
+        self, agg_id: str, event: Incoming, now: float, *, room: bool = True
+    ) -> Verdict:
+        agg = self.agg(agg_id)
+        policy = self.policy(event.type)
+        verdict = receive(
+            agg, event, policy, now, start=self.start, limits=self.limits, room=room
+        )
+        self.verdicts.append((agg_id, event, verdict))
+        if verdict is Verdict.APPLY:
+            if self._handle(agg_id, event, now):
+                self.drain(agg_id, now)
+        elif verdict is Verdict.LATE:
+            if policy.ordering == "warn":
+                self._handle(agg_id, event, now, late=True)
+            else:
+                self.rejected.append((agg_id, event, verdict))
+        elif verdict is Verdict.OVERFLOW:
+            self.rejected.append((agg_id, event, verdict))
+        return verdict
+
+    def drain(self, agg_id: str, now: float) -> None:
+        agg = self.agg(agg_id)
+        while (b := pop_ready(agg)) is not None:
+            self._handle(agg_id, Incoming(b.seq, b.key, b.type, b.record), now)
+
+    def tick(self, now: float) -> None:
+        """The gap timer: expire every due gap of every aggregate, draining after each."""
+        for agg_id, agg in self.aggs.items():
+            while (r := expire_gap(agg, self.policy, now)) is not None:
+                if isinstance(r, Gap):
+                    self.gaps.setdefault(agg_id, []).append(r)
+                else:
+                    self.parks.setdefault(agg_id, []).append(r)
+                self.drain(agg_id, now)
+
+    def replay(self, now: float) -> None:
+        """The DLQ agent: re-deliver every dead-lettered event once, oldest first."""
+        pending, self.dlq = self.dlq, []
+        for agg_id, event, _reason in pending:
+            self.deliver(agg_id, event, now)
+
+    def resolve(self, agg_id: str, skip_to: int, now: float) -> tuple[Gap | None, list[Buffered]]:
+        gap, dropped = resolve(self.agg(agg_id), skip_to, now)
+        if gap is not None:
+            self.gaps.setdefault(agg_id, []).append(gap)
+        self.drain(agg_id, now)
+        return gap, dropped
+
+    def _handle(self, agg_id: str, event: Incoming, now: float, *, late: bool = False) -> bool:
+        """Run the handler; True if it succeeded (so the caller may drain)."""
+        agg = self.agg(agg_id)
+        if self.fail_times.get(event.key, 0) > 0:
+            self.fail_times[event.key] -= 1
+            self.dlq.append((agg_id, event, "Boom"))
+            if not failed(agg, event, self.policy(event.type), "Boom", now):
+                # Not parked: the sequence stepped over the failed number; release what waits.
+                self.drain(agg_id, now)
+            return False
+        applied(agg, event, now, limits=self.limits)
+        self.output.setdefault(agg_id, []).append(Applied(event.seq, event.key, event.type, late))
+        return True
+
+    # --- reading the results -----------------------------------------------
+
+    def seqs(self, agg_id: str) -> list[int | None]:
+        return [a.seq for a in self.output.get(agg_id, [])]
+
+    def keys(self, agg_id: str) -> list[str]:
+        return [a.key for a in self.output.get(agg_id, [])]
+
+    def verdicts_of(self, agg_id: str) -> list[Verdict]:
+        return [v for a, _e, v in self.verdicts if a == agg_id]
+
+
+def ev(seq: int | None, type_: str = "order.event", key: str | None = None) -> Incoming:
+    """An event whose key is derived from its number unless given."""
+    return Incoming(seq, key if key is not None else f"id-{seq}", type_)
+
+
+def runs(numbers: set[int] | frozenset[int]) -> list[Gap]:
+    """Consecutive runs of ``numbers`` as Gaps, lowest first."""
+    out: list[Gap] = []
+    for n in sorted(numbers):
+        if out and out[-1].last == n - 1:
+            out[-1] = Gap(out[-1].first, n)
+        else:
+            out.append(Gap(n, n))
+    return out
