@@ -92,6 +92,7 @@ def receive(
     if policy.ordering == "unordered" or event.seq is None:
         return Verdict.APPLY
     seq = event.seq
+    assert state.next_seq is not None  # set above: this event has a number
     parked = state.parked
     if parked is not None and seq == parked.seq:
         return Verdict.APPLY  # the event the aggregate waits for: replayed or retried
@@ -162,9 +163,7 @@ def failed(agg: Aggregate, event: Incoming, policy: Policy, reason: str, now: fl
 
 def _waiting(agg: Aggregate) -> Buffered | None:
     """The lowest buffered event that waits (``done`` placeholders do not wait)."""
-    return min(
-        (b for b in agg.buffer.items.values() if not b.done), key=lambda b: b.seq, default=None
-    )
+    return min((b for b in agg.buffer.items.values() if not b.done), key=lambda b: b.seq, default=None)
 
 
 def gap_due(agg: Aggregate, policy_of: Any, now: float) -> bool:
@@ -210,7 +209,8 @@ def resolve(agg: Aggregate, skip_to: int, now: float) -> tuple[Gap | None, list[
     state.parked = None
     state.last_active = now
     current = state.next_seq if state.next_seq is not None else 1
-    dropped = agg.buffer.drop_below(skip_to)
+    # ``done`` placeholders were applied already: they are forgotten, not reported as dropped.
+    dropped = [b for b in agg.buffer.drop_below(skip_to) if not b.done]
     gap = Gap(current, skip_to - 1) if skip_to > current else None
     state.next_seq = max(current, skip_to)
     return gap, dropped

@@ -147,11 +147,22 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(runtime.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        return web.bytes(generate_latest(runtime.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/healthz")
     async def health_view(web: Any, request: Any) -> Any:
-        return web.json({"ok": True, "worker": worker_id(settings)})
+        """200 once table recovery has completed and the worker processes events."""
+        ready = app.tables.recovery.completed.is_set()
+        return web.json({"ready": ready, "worker": worker_id(settings)}, status=200 if ready else 503)
+
+    @app.page("/tables")
+    async def tables_view(web: Any, request: Any) -> Any:
+        """Every table's content (SEQGUARD_STATE_DUMP=true only: it can be large)."""
+        if not settings.state_dump:
+            return web.json({"error": "set SEQGUARD_STATE_DUMP=true to enable"}, status=404)
+        async with processor.lock:  # between batches: a consistent picture
+            dump = {t.name: {k.decode("latin-1"): v for k, v in t.data.items()} for t in tables}
+        return web.json(dump)
 
     return runtime
 

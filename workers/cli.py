@@ -58,8 +58,9 @@ def worker(loglevel: str | None, web_port: int | None) -> None:
 
     from workers.app import create_app
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     runtime = create_app(settings)
-    faust.Worker(runtime.app, loglevel=level.lower(), web_port=settings.web_port or None).execute_from_commandline()
+    faust.Worker(runtime.app, loglevel=level.lower()).execute_from_commandline()
 
 
 @main.command()

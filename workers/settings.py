@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=0, le=65535, description="Faust web port: /metrics and /healthz (0: no web server)")
     web_host: str = Field("0.0.0.0", description="Faust web bind host")  # noqa: S104
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    state_dump: bool = Field(False, description="Serve every table's content at /tables (tests, debugging)")
     data_dir: Path = Field(Path("./data"), description="Faust data directory")
 
     @property
@@ -93,7 +94,7 @@ class Settings(BaseSettings):
 
     @property
     def repartition_topic(self) -> str:
-        return f"{self.app_id}.{self.input_topic}.repartition"
+        return f"{self.app_id}-{self.input_topic}-repartition"
 
     def changelog_topic(self, table: str) -> str:
         return f"{self.app_id}-{table}-changelog"

@@ -68,14 +68,10 @@ class Driver:
     def policy(self, event_type: str) -> Policy:
         return self.book.for_type(event_type)
 
-    def deliver(
-        self, agg_id: str, event: Incoming, now: float, *, room: bool = True
-    ) -> Verdict:
+    def deliver(self, agg_id: str, event: Incoming, now: float, *, room: bool = True) -> Verdict:
         agg = self.agg(agg_id)
         policy = self.policy(event.type)
-        verdict = receive(
-            agg, event, policy, now, start=self.start, limits=self.limits, room=room
-        )
+        verdict = receive(agg, event, policy, now, start=self.start, limits=self.limits, room=room)
         self.verdicts.append((agg_id, event, verdict))
         if verdict is Verdict.APPLY:
             if self._handle(agg_id, event, now):

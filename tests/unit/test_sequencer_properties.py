@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from _seqdriver import Driver, ev, runs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,11 +16,10 @@ from tables.reorder import Buffered, ReorderBuffer
 from tables.seen import SeenIds
 from tables.sequence import Parked, SequenceState
 from tables.sequencer import Gap, Incoming, Verdict
+from tests.unit._seqdriver import Driver, ev, runs
 
 TIMEOUT = 30.0
-SETTINGS = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- strategies -------------------------------------------------------------
 
@@ -145,16 +143,13 @@ def stream_with_holes(draw, *, max_events=12):
             for _copy in range(draw(st.integers(1, 3))):
                 deliveries.append((agg, seq))
     deliveries = draw(st.permutations(deliveries))
-    times = sorted(draw(st.lists(st.floats(0, TIMEOUT * 0.9), min_size=len(deliveries),
-                                 max_size=len(deliveries))))
+    times = sorted(draw(st.lists(st.floats(0, TIMEOUT * 0.9), min_size=len(deliveries), max_size=len(deliveries))))
     return [(t, a, s) for t, (a, s) in zip(times, deliveries, strict=True)], sent
 
 
 @SETTINGS
 @given(stream_with_holes(), st.lists(st.floats(0, 1000), min_size=1, max_size=5))
-def test_missing_numbers_are_each_recorded_once_as_a_gap_and_nothing_else_is_skipped(
-    stream, later
-):
+def test_missing_numbers_are_each_recorded_once_as_a_gap_and_nothing_else_is_skipped(stream, later):
     deliveries, sent = stream
     driver = Driver(book=PolicyBook(default=Policy(gap_timeout=TIMEOUT, gap_policy="skip")))
     for now, agg, seq in deliveries:
@@ -193,15 +188,12 @@ def test_missing_events_arriving_after_their_gap_are_late_and_never_regap(stream
     gaps_before = {a: list(g) for a, g in driver.gaps.items()}
     next_before = {a: driver.agg(a).seq.next_seq for a in sent}
 
-    skipped = [(a, s) for a, gaps in gaps_before.items() for g in gaps
-               for s in range(g.first, g.last + 1)]
+    skipped = [(a, s) for a, gaps in gaps_before.items() for g in gaps for s in range(g.first, g.last + 1)]
     late = data.draw(st.permutations(skipped))
     for agg, seq in late:
         now += TIMEOUT * 3
         assert driver.deliver(agg, ev(seq), now) is Verdict.LATE
-        assert driver.deliver(agg, ev(seq), now) is (
-            Verdict.DUPLICATE if ordering == "warn" else Verdict.LATE
-        )
+        assert driver.deliver(agg, ev(seq), now) is (Verdict.DUPLICATE if ordering == "warn" else Verdict.LATE)
         driver.tick(now)
 
     assert driver.gaps == gaps_before
@@ -216,9 +208,7 @@ def test_missing_events_arriving_after_their_gap_are_late_and_never_regap(stream
         else:
             assert late_applied == []
     if ordering == "strict":
-        assert [(a, e.seq) for a, e, _v in driver.rejected] == [
-            (a, s) for a, s in late for _twice in range(2)
-        ]
+        assert [(a, e.seq) for a, e, _v in driver.rejected] == [(a, s) for a, s in late for _twice in range(2)]
 
 
 # --- 3. gap_policy="park" ----------------------------------------------------
@@ -412,9 +402,7 @@ def test_buffer_never_grows_past_max_buffered(max_buffered, ahead):
     driver = Driver(limits=Limits(max_buffered=max_buffered))
     verdicts = [driver.deliver("agg", ev(seq), 0.0) for seq in range(2, 2 + ahead)]
     assert len(driver.agg("agg").buffer) == min(ahead, max_buffered)
-    assert verdicts == [Verdict.BUFFERED] * min(ahead, max_buffered) + [Verdict.OVERFLOW] * max(
-        0, ahead - max_buffered
-    )
+    assert verdicts == [Verdict.BUFFERED] * min(ahead, max_buffered) + [Verdict.OVERFLOW] * max(0, ahead - max_buffered)
     driver.deliver("agg", ev(1), 1.0)  # the head still applies and drains all that was kept
     assert driver.seqs("agg") == list(range(1, 2 + min(ahead, max_buffered)))
 
@@ -471,7 +459,7 @@ def test_reorder_buffer_survives_a_json_round_trip(entries):
     assert back.items == buf.items
     assert list(back.items) == list(buf.items)
     assert back.oldest_at() == buf.oldest_at()
-    assert (back.lowest() == buf.lowest())
+    assert back.lowest() == buf.lowest()
 
 
 @SETTINGS
@@ -490,8 +478,7 @@ def test_state_restored_from_json_mid_stream_behaves_like_the_original(stream, d
     is the same as never having restarted (the state is fully captured by its JSON)."""
     deliveries, _sent = stream
     cut = data.draw(st.integers(0, len(deliveries)))
-    book = PolicyBook(default=Policy(gap_timeout=TIMEOUT, gap_policy=data.draw(
-        st.sampled_from(["skip", "park"]))))
+    book = PolicyBook(default=Policy(gap_timeout=TIMEOUT, gap_policy=data.draw(st.sampled_from(["skip", "park"]))))
     straight, restarted = Driver(book=book), Driver(book=book)
     for now, agg, seq in deliveries[:cut]:
         straight.deliver(agg, ev(seq), now)

@@ -1,0 +1,253 @@
+"""Test harness: real processes (embedded broker, redis-server, seqguard workers), no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from workers.embedded import free_port, wait_for_port
+from workers.envelope import encode_structured
+from workers.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / ".pytest_cache" / "logs"
+
+#: Fast group joins on the embedded broker (EMBEDDED-BROKER.md trap 7). Never production values.
+FAST_KAFKA = {
+    "SEQGUARD_SESSION_TIMEOUT": "3",
+    "SEQGUARD_HEARTBEAT_INTERVAL": "0.3",
+    "SEQGUARD_REBALANCE_TIMEOUT": "3",
+    "SEQGUARD_COMMIT_INTERVAL": "1",
+    "SEQGUARD_FETCH_MAX_WAIT_MS": "50",
+}
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server not found: `make test` installs Debian's redis-server (or set REDIS_URL)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+@dataclass
+class Deployment:
+    """One isolated seqguard deployment: unique app id, topics and Redis prefix."""
+
+    broker_url: str
+    redis_url: str
+    name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            "SEQGUARD_BROKER_URL": self.broker_url,
+            "SEQGUARD_REDIS_URL": self.redis_url,
+            "SEQGUARD_APP_ID": self.name,
+            "SEQGUARD_INPUT_TOPIC": f"{self.name}.events",
+            "SEQGUARD_OUTPUT_TOPIC": f"{self.name}.applied",
+            "SEQGUARD_AUDIT_TOPIC": f"{self.name}.audit",
+            "SEQGUARD_REDIS_PREFIX": f"{self.name}:",
+            "SEQGUARD_DATA_DIR": str(LOGS / self.name / "data"),
+            "SEQGUARD_STATE_DUMP": "true",
+            "SEQGUARD_GAP_TIMEOUT": "30",
+            **FAST_KAFKA,
+            **self.extra,
+        }
+        env.update(overrides)
+        return env
+
+    def settings(self) -> Settings:
+        saved = dict(os.environ)
+        try:
+            os.environ.update(self.env())
+            return Settings()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    async def create_topics(self) -> None:
+        from workers.topics import ensure_topics
+
+        await ensure_topics(self.settings())
+
+
+class Worker:
+    """A `seqguard worker` process."""
+
+    def __init__(self, deployment: Deployment, label: str = "worker", **overrides: str) -> None:
+        self.port = free_port()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{deployment.name}-{label}-{self.port}.log"
+        env = {**os.environ, **deployment.env(SEQGUARD_WEB_PORT=str(self.port), **overrides)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "worker"],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
+                return resp.status, json.loads(resp.read()) if "json" in resp.headers.get("content-type", "") else resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+    async def ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}; log: {self.log_path}\n{self.tail()}")
+            try:
+                status, _ = self.get("/healthz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout} s; log: {self.log_path}\n{self.tail()}")
+
+    def tables(self) -> dict[str, dict[str, Any]]:
+        status, body = self.get("/tables")
+        assert status == 200, status
+        return body  # type: ignore[no-any-return]
+
+    def metrics(self) -> str:
+        status, body = self.get("/metrics")
+        assert status == 200
+        return body.decode() if isinstance(body, bytes) else str(body)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+# --------------------------------------------------------------------------- producing
+
+
+def event(aggregate: str, seq: int | None, event_type: str, data: Any = None, *, source: str = "test", id: str | None = None, **attrs: Any) -> tuple[bytes, list[tuple[str, bytes]], bytes]:  # noqa: A002
+    body: dict[str, Any] = {"source": source, "type": event_type, "data": data if data is not None else {}, **attrs}
+    body["id"] = id if id is not None else f"{aggregate}-{seq}"
+    if seq is not None:
+        body["sequence"] = seq
+    headers, value = encode_structured(body)
+    return aggregate.encode(), headers, value
+
+
+def shuffled_within(items: list[Any], window: int, rng: random.Random) -> list[Any]:
+    """Shuffle so that no item moves more than ``window`` places: out of order, but bounded."""
+    keyed = [(i + rng.uniform(0, window), item) for i, item in enumerate(items)]
+    return [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
+
+
+def with_duplicates(items: list[Any], fraction: float, rng: random.Random, window: int = 50) -> list[Any]:
+    out = list(items)
+    for i in rng.sample(range(len(items)), int(len(items) * fraction)):
+        out.insert(min(len(out), i + rng.randint(1, window)), items[i])
+    return out
+
+
+async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, list[tuple[str, bytes]], bytes | None]]) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    count = 0
+    try:
+        futures = []
+        for key, headers, value in records:
+            futures.append(await producer.send(topic, value, key=key, headers=headers))
+            count += 1
+        await producer.flush()
+        for fut in futures:
+            await fut
+    finally:
+        await producer.stop()
+    return count
+
+
+async def consume_all(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 60.0, quiet: float = 2.0) -> list[Any]:
+    """Every record of ``topic`` from the start: until ``expect`` records (then ``quiet`` s more
+    to catch extras), or until nothing arrives for ``quiet`` s when ``expect`` is None."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        for _ in range(50):
+            if partitions:
+                break
+            await asyncio.sleep(0.1)
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for msgs in batch.values():
+                out.extend(msgs)
+                if msgs:
+                    last_new = time.monotonic()
+            if expect is not None and len(out) >= expect and time.monotonic() - last_new > quiet:
+                break
+            if expect is None and time.monotonic() - last_new > quiet:
+                break
+        return out
+    finally:
+        await consumer.stop()
+
+
+def sequences_by_aggregate(records: Iterable[Any]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        out.setdefault(r.key.decode(), []).append(json.loads(r.value)["sequence"])
+    return out
