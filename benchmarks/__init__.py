@@ -1,0 +1,6 @@
+"""Benchmarks: run against the embedded broker, never part of the test suite.
+
+* ``python -m benchmarks.throughput``: the consumer floor, seqguard's throughput, end-to-end latency.
+* ``python -m benchmarks.envelope_cost``: decoding cost of workers.envelope vs the cloudevents SDK.
+* ``benchmarks/profile_worker.sh PID``: py-spy profile of a running worker.
+"""
