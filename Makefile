@@ -1,0 +1,33 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+APT_PACKAGES = redis-server prometheus
+
+.PHONY: demo test system-deps lint
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+# Debian packages the tests start: redis-server (a private Redis) and promtool (alert rule tests).
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run as root, or install them)"; exit 1; fi; \
+	fi
+
+demo: $(VENV)/.installed
+	@command -v redis-server >/dev/null || $(MAKE) --no-print-directory system-deps
+	$(VENV)/bin/seqguard demo
+
+test: $(VENV)/.installed system-deps
+	$(VENV)/bin/pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check workers tables tests benchmarks
+	$(VENV)/bin/mypy workers tables
