@@ -229,7 +229,7 @@ async def assigned_consumer(bootstrap: str, topic: str, partitions: int, fetch_w
 # --------------------------------------------------------------------------- (a) the floor
 
 
-async def floor_run(bootstrap: str, topic: str, partitions: int, n: int, timeout: float = 120.0) -> dict[str, Any]:
+async def floor_run(bootstrap: str, topic: str, partitions: int, n: int, limit: float = 120.0) -> dict[str, Any]:
     consumer = await assigned_consumer(bootstrap, topic, partitions, 50)
     loads = json.loads
     last: dict[bytes, int] = {}
@@ -242,19 +242,29 @@ async def floor_run(bootstrap: str, topic: str, partitions: int, n: int, timeout
                 for m in msgs:
                     last[m.key] = loads(m.value)["sequence"]
                 count += len(msgs)
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError(f"floor consumer read {count} of {n} records in {timeout} s")
+            if time.perf_counter() - t0 > limit:
+                raise TimeoutError(f"floor consumer read {count} of {n} records in {limit} s")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         await consumer.stop()
-    return {"events": count, "seconds": round(elapsed, 3), "events_per_s": round(count / elapsed), "cpu_us_per_event": round(1e6 * cpu / count, 2), "aggregates": len(last)}
+    return {
+        "events": count,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(count / elapsed),
+        "cpu_us_per_event": round(1e6 * cpu / count, 2),
+        "aggregates": len(last),
+    }
 
 
 # --------------------------------------------------------------------------- (b) seqguard
 
 
 def worker_env(args: argparse.Namespace, fetch_wait_ms: int) -> dict[str, str]:
-    return {"SEQGUARD_DOMAINS": "", "SEQGUARD_LOG_LEVEL": "warning", "SEQGUARD_FETCH_MAX_WAIT_MS": str(fetch_wait_ms)}
+    return {
+        "SEQGUARD_DOMAINS": "",
+        "SEQGUARD_LOG_LEVEL": args.log_level,
+        "SEQGUARD_FETCH_MAX_WAIT_MS": str(fetch_wait_ms),
+    }
 
 
 def scrape(worker: Worker) -> str | None:
@@ -281,8 +291,8 @@ def histogram_quantile(text: str, name: str, q: float) -> float | None:
 
 def worker_log_findings(worker: Worker) -> dict[str, Any]:
     lines = worker.log_path.read_text(errors="replace").splitlines()
-    levels = Counter()
-    notable = []
+    levels: Counter[str] = Counter()
+    notable: list[str] = []
     for line in lines:
         for level in ("CRITICAL", "ERROR", "WARNING", "Traceback"):
             if level in line:
@@ -290,7 +300,12 @@ def worker_log_findings(worker: Worker) -> dict[str, Any]:
                 if len(notable) < 15:
                     notable.append(line[:300])
                 break
-    return {"log": str(worker.log_path.relative_to(ROOT)), "lines": len(lines), "counts": dict(levels), "first_notable": notable}
+    return {
+        "log": str(worker.log_path.relative_to(ROOT)),
+        "lines": len(lines),
+        "counts": dict(levels),
+        "first_notable": notable,
+    }
 
 
 async def run_seqguard(
@@ -327,19 +342,35 @@ async def run_seqguard(
                     first = (now, received, mark)
                     if profile_to is not None:
                         raw_path = profile_to.with_suffix(".raw")
-                        spy = subprocess.Popen(
-                            [str(py_spy()), "record", "--pid", str(worker.proc.pid), "--format", "raw", "--threads",
-                             "--rate", str(args.profile_rate), "-o", str(raw_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                        spy = subprocess.Popen(  # noqa: ASYNC220 - py-spy must start at this moment
+                            [
+                                str(py_spy()),
+                                "record",
+                                "--pid",
+                                str(worker.proc.pid),
+                                "--format",
+                                "raw",
+                                "--threads",
+                                "--full-filenames",
+                                "--rate",
+                                str(args.profile_rate),
+                                "-o",
+                                str(raw_path),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT,
                         )
-                if not samples or (received, applied) != samples[-1][1:]:
-                    if first is not None:
-                        last_change = (now, received, applied, mark)
+                if first is not None and (not samples or (received, applied) != samples[-1][1:]):
+                    last_change = (now, received, applied, mark)
                 samples.append((now, received, applied))
                 if received >= n and applied >= unique:
                     break
                 if last_change is not None and now - last_change[0] > args.stall_seconds:
-                    print(f"  ! {label}: no progress for {args.stall_seconds} s at {received:.0f}/{n} received, {applied:.0f}/{unique} applied", flush=True)
+                    print(
+                        f"  ! {label}: no progress for {args.stall_seconds} s at {received:.0f}/{n} received, "
+                        f"{applied:.0f}/{unique} applied",
+                        flush=True,
+                    )
                     break
             if now - started > args.timeout:
                 print(f"  ! {label}: timed out after {args.timeout} s", flush=True)
@@ -378,7 +409,9 @@ async def run_seqguard(
             "batches": metric_value(final_text, "seqguard_batch_duration_seconds_count"),
             "batch_seconds_mean": round(
                 metric_value(final_text, "seqguard_batch_duration_seconds_sum")
-                / max(1.0, metric_value(final_text, "seqguard_batch_duration_seconds_count")), 4),
+                / max(1.0, metric_value(final_text, "seqguard_batch_duration_seconds_count")),
+                4,
+            ),
         },
         "worker_log": worker_log_findings(worker),
         "samples": len(samples),
@@ -389,12 +422,14 @@ async def run_seqguard(
     return result
 
 
-async def verify_output(bootstrap: str, topic: str, partitions: int, workload: Workload, timeout: float = 120.0) -> dict[str, Any]:
+async def verify_output(
+    bootstrap: str, topic: str, partitions: int, workload: Workload, limit: float = 120.0
+) -> dict[str, Any]:
     """Read the output topic back: every aggregate's sequences must be 1..k, in order, once."""
     consumer = await assigned_consumer(bootstrap, topic, partitions, 50)
     seqs: dict[str, list[int]] = defaultdict(list)
     count = 0
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     quiet_since = time.monotonic()
     try:
         while time.monotonic() < deadline:
@@ -405,16 +440,21 @@ async def verify_output(bootstrap: str, topic: str, partitions: int, workload: W
                     seqs[m.key.decode()].append(json.loads(m.value)["sequence"])
                 got += len(batch[tp])
             count += got
+            quiet = time.monotonic() - quiet_since
             if got:
                 quiet_since = time.monotonic()
-            elif count >= workload.unique and time.monotonic() - quiet_since > 1.0:
-                break
-            elif time.monotonic() - quiet_since > 5.0:
+            elif quiet > (1.0 if count >= workload.unique else 5.0):
                 break
     finally:
         await consumer.stop()
     wrong = [agg for agg, k in workload.per_aggregate.items() if seqs.get(agg) != list(range(1, k + 1))]
-    return {"records": count, "expected": workload.unique, "aggregates_wrong": len(wrong), "examples": wrong[:3], "ok": count == workload.unique and not wrong}
+    return {
+        "records": count,
+        "expected": workload.unique,
+        "aggregates_wrong": len(wrong),
+        "examples": wrong[:3],
+        "ok": count == workload.unique and not wrong,
+    }
 
 
 # --------------------------------------------------------------------------- (c) latency
@@ -427,11 +467,13 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-async def run_latency(args: argparse.Namespace, broker: EmbeddedBroker, redis_url: str, fetch_wait: int) -> dict[str, Any]:
+async def run_latency(
+    args: argparse.Namespace, broker: EmbeddedBroker, redis_url: str, rate: int, fetch_wait: int
+) -> dict[str, Any]:
     deployment = Deployment(broker.url, redis_url, extra={"SEQGUARD_PARTITIONS": str(args.partitions)})
     await deployment.create_topics()
     settings = deployment.settings()
-    total = int(args.latency_rate * args.latency_seconds)
+    total = int(rate * args.latency_seconds)
     aggregates = args.aggregates
     names = [f"agg-{a:05d}" for a in range(aggregates)]
     # In order: event i is aggregate i % A, sequence i // A + 1 (new aggregates, then new sequences).
@@ -443,7 +485,9 @@ async def run_latency(args: argparse.Namespace, broker: EmbeddedBroker, redis_ur
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=args.producer_linger_ms, acks=1)
     try:
         await worker.ready()
-        consumer = await assigned_consumer(broker.bootstrap, settings.output_topic, args.partitions, args.probe_fetch_wait)
+        consumer = await assigned_consumer(
+            broker.bootstrap, settings.output_topic, args.partitions, args.probe_fetch_wait
+        )
         await producer.start()
         await asyncio.sleep(1.0)  # let the worker's first fetches settle
         done = asyncio.Event()
@@ -464,10 +508,14 @@ async def run_latency(args: argparse.Namespace, broker: EmbeddedBroker, redis_ur
         sent = 0
         futures = []
         while sent < total:
-            due = min(total, int((time.perf_counter() - start) * args.latency_rate) + 1)
+            due = min(total, int((time.perf_counter() - start) * rate) + 1)
             while sent < due:
                 key, headers, value = records[sent]
-                futures.append(await producer.send(settings.input_topic, value, key=key, headers=headers, timestamp_ms=int(time.time() * 1000)))
+                futures.append(
+                    await producer.send(
+                        settings.input_topic, value, key=key, headers=headers, timestamp_ms=int(time.time() * 1000)
+                    )
+                )
                 sent += 1
             await asyncio.sleep(0.002)
         send_seconds = time.perf_counter() - start
@@ -478,7 +526,11 @@ async def run_latency(args: argparse.Namespace, broker: EmbeddedBroker, redis_ur
         try:
             await asyncio.wait_for(done.wait(), args.latency_drain_seconds)
         except TimeoutError:
-            print(f"  ! latency {fetch_wait} ms: {len(latencies)}/{total} output records after {args.latency_drain_seconds} s", flush=True)
+            print(
+                f"  ! latency {fetch_wait} ms: {len(latencies)}/{total} output records "
+                f"after {args.latency_drain_seconds} s",
+                flush=True,
+            )
         reader.cancel()
         metrics_text = scrape(worker) or ""
     finally:
@@ -490,6 +542,7 @@ async def run_latency(args: argparse.Namespace, broker: EmbeddedBroker, redis_ur
     ms = [1000 * v for v in steady]
     return {
         "fetch_max_wait_ms": fetch_wait,
+        "target_rate_per_s": rate,
         "sent": total,
         "send_rate_per_s": round(total / send_seconds),
         "received": len(latencies),
@@ -552,8 +605,10 @@ def summarize_profile(raw: Path, top: int = 20) -> tuple[str, dict[str, Any]]:
         packages[package] += count
         for name in {f for f, _ in funcs}:
             inclusive[name] += count
+
     def pct(c: int) -> float:
         return round(100 * c / max(1, total), 1)
+
     lines = [f"py-spy samples: {total} (non-idle; all threads)", "", "Samples by thread:"]
     lines += [f"  {pct(c):5.1f}%  {t}" for t, c in threads.most_common()]
     lines += ["", "Self time by package (leaf frame's module):"]
@@ -579,10 +634,33 @@ def summarize_profile(raw: Path, top: int = 20) -> tuple[str, dict[str, Any]]:
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
-    parts = [".venv/bin/python", "-m", "benchmarks.throughput", "--events", str(args.events), "--aggregates", str(args.aggregates),
-             "--partitions", str(args.partitions), "--size", str(args.size), "--ooo", str(args.ooo), "--dups", str(args.dups),
-             "--seed", str(args.seed), "--latency-rate", str(args.latency_rate), "--latency-seconds", str(args.latency_seconds),
-             "--fetch-waits", ",".join(map(str, args.fetch_waits))]
+    parts = [
+        ".venv/bin/python",
+        "-m",
+        "benchmarks.throughput",
+        "--events",
+        str(args.events),
+        "--aggregates",
+        str(args.aggregates),
+        "--partitions",
+        str(args.partitions),
+        "--size",
+        str(args.size),
+        "--ooo",
+        str(args.ooo),
+        "--dups",
+        str(args.dups),
+        "--seed",
+        str(args.seed),
+        "--latency-rates",
+        ",".join(map(str, args.latency_rates)),
+        "--latency-seconds",
+        str(args.latency_seconds),
+        "--fetch-waits",
+        ",".join(map(str, args.fetch_waits)),
+        "--log-level",
+        args.log_level,
+    ]
     if not args.profile:
         parts.append("--no-profile")
     if args.no_latency:
@@ -595,11 +673,28 @@ def environment() -> dict[str, Any]:
     import faust
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "workers", "tables"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "workers", "tables"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        )
     except OSError:
         commit, dirty = "", False
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "",
+    )
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
@@ -617,7 +712,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     date = dt.datetime.now().strftime("%Y-%m-%d")
     RESULTS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": reproduce_command(args), "environment": environment()}
+    report: dict[str, Any] = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": reproduce_command(args),
+        "environment": environment(),
+    }
     broker = start_broker(log_path=str(LOGS / f"bench-tansu-{date}.log"))
     redis_proc = None
     if os.environ.get("REDIS_URL"):
@@ -628,14 +727,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         deployment = Deployment(broker.url, redis_url, extra={"SEQGUARD_PARTITIONS": str(args.partitions)})
         await deployment.create_topics()
         settings = deployment.settings()
-        print(f"building {args.events:,} events ({args.aggregates:,} aggregates, {args.size} B, {args.ooo:.0%} ahead, {args.dups:.0%} duplicates) ...", flush=True)
+        print(
+            f"building {args.events:,} events ({args.aggregates:,} aggregates, {args.size} B, "
+            f"{args.ooo:.0%} ahead, {args.dups:.0%} duplicates) ...",
+            flush=True,
+        )
         workload = build_workload(args.events, args.aggregates, args.ooo, args.dups, args.size, args.seed)
         sizes = Counter(len(v) for _, _, v in workload.records)
         report["workload"] = {
-            "records": len(workload.records), "unique": workload.unique, "duplicates": workload.duplicates,
-            "swaps": workload.swaps, "ahead_of_turn": workload.ahead, "ahead_fraction": round(workload.ahead / workload.unique, 4),
-            "aggregates": len(workload.per_aggregate), "partitions": args.partitions,
-            "value_bytes": dict(sizes.most_common(3)), "input_topic": settings.input_topic,
+            "records": len(workload.records),
+            "unique": workload.unique,
+            "duplicates": workload.duplicates,
+            "swaps": workload.swaps,
+            "ahead_of_turn": workload.ahead,
+            "ahead_fraction": round(workload.ahead / workload.unique, 4),
+            "aggregates": len(workload.per_aggregate),
+            "partitions": args.partitions,
+            "value_bytes": dict(sizes.most_common(3)),
+            "input_topic": settings.input_topic,
         }
         secs = await produce_all(broker.bootstrap, settings.input_topic, workload.records)
         report["workload"]["preload_seconds"] = round(secs, 2)
@@ -649,17 +758,33 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             run = await floor_run(broker.bootstrap, settings.input_topic, args.partitions, len(workload.records))
             run["cpu_pct"] = cpu_between(mark0, CpuMark.take(pids))
             runs.append(run)
-            print(f"  {run['events_per_s']:,} events/s ({run['seconds']} s, {run['cpu_us_per_event']} µs CPU/event in the consumer)", flush=True)
-        report["floor"] = {"runs": runs, "events_per_s": round(statistics.median(r["events_per_s"] for r in runs)), "cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in runs)}
+            print(
+                f"  {run['events_per_s']:,} events/s ({run['seconds']} s, "
+                f"{run['cpu_us_per_event']} µs CPU/event in the consumer)",
+                flush=True,
+            )
+        report["floor"] = {
+            "runs": runs,
+            "events_per_s": round(statistics.median(r["events_per_s"] for r in runs)),
+            "cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in runs),
+        }
 
         print("(b) seqguard worker on the same input ...", flush=True)
         b = await run_seqguard(args, broker, deployment, workload, "throughput")
         report["seqguard"] = b
-        print(f"  {b['events_per_s']:,} events/s received ({b['applied_per_s']:,} applied/s) over {b['seconds']} s; worker {b['cpu_pct']['worker']}% CPU, broker {b['cpu_pct']['broker']}%", flush=True)
+        print(
+            f"  {b['events_per_s']:,} events/s received ({b['applied_per_s']:,} applied/s) over {b['seconds']} s; "
+            f"worker {b['cpu_pct']['worker']}% CPU, broker {b['cpu_pct']['broker']}%",
+            flush=True,
+        )
         if args.verify:
             v = await verify_output(broker.bootstrap, settings.output_topic, args.partitions, workload)
             b["output_check"] = v
-            print(f"  output check: {v['records']:,}/{v['expected']:,} records, {v['aggregates_wrong']} aggregates wrong -> {'OK' if v['ok'] else 'FAILED'}", flush=True)
+            print(
+                f"  output check: {v['records']:,}/{v['expected']:,} records, "
+                f"{v['aggregates_wrong']} aggregates wrong -> {'OK' if v['ok'] else 'FAILED'}",
+                flush=True,
+            )
         report["ratio_seqguard_to_floor"] = round(b["events_per_s"] / report["floor"]["events_per_s"], 4)
 
         if args.profile:
@@ -668,7 +793,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 print("(b') skipped: py-spy not found (.venv/bin/pip install py-spy)", flush=True)
             else:
                 print("(b') the same under py-spy (fresh app id and changelogs, same input) ...", flush=True)
-                profiled = Deployment(broker.url, redis_url, extra={"SEQGUARD_PARTITIONS": str(args.partitions), "SEQGUARD_INPUT_TOPIC": settings.input_topic})
+                profiled = Deployment(
+                    broker.url,
+                    redis_url,
+                    extra={"SEQGUARD_PARTITIONS": str(args.partitions), "SEQGUARD_INPUT_TOPIC": settings.input_topic},
+                )
                 await profiled.create_topics()
                 profile_txt = RESULTS / f"profile-{date}.txt"
                 bp = await run_seqguard(args, broker, profiled, workload, "profiled", profile_to=profile_txt)
@@ -676,84 +805,136 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 text, summary = summarize_profile(raw)
                 header = (
                     f"seqguard worker profile, {report['date']}\n"
-                    f"py-spy record --format raw --threads --rate {args.profile_rate} on the worker during (b'): {len(workload.records):,} pre-loaded events, "
-                    f"SEQGUARD_DOMAINS='' (no handler), changelogs on; the worker ran at {bp['events_per_s']:,} events/s under py-spy "
-                    f"({b['events_per_s']:,} without).\n"
-                    f"Command: {report['command']}\nRaw stacks: {bp['profile_raw']} (flamegraph.pl or speedscope can read them)\n\n"
+                    f"py-spy record --format raw --threads --full-filenames --rate {args.profile_rate} on the worker\n"
+                    f"during (b'): {len(workload.records):,} pre-loaded events, SEQGUARD_DOMAINS='' (no handler), "
+                    f"SEQGUARD_LOG_LEVEL={args.log_level}, changelogs on.\n"
+                    f"The worker ran at {bp['events_per_s']:,} events/s under py-spy ({b['events_per_s']:,} without).\n"
+                    f"Percentages are of non-idle samples of all threads (py-spy leaves out threads blocked in I/O).\n"
+                    f"Command: {report['command']}\n"
+                    f"Raw stacks: {bp['profile_raw']} (flamegraph.pl or speedscope read them)\n\n"
                 )
                 profile_txt.write_text(header + text + "\n")
                 bp["profile"] = summary
+                bp["profile_txt"] = str(profile_txt.relative_to(ROOT))
                 report["seqguard_profiled"] = bp
-                print(f"  {bp['events_per_s']:,} events/s under py-spy; profile: {profile_txt.relative_to(ROOT)}", flush=True)
+                print(
+                    f"  {bp['events_per_s']:,} events/s under py-spy; profile: {profile_txt.relative_to(ROOT)}",
+                    flush=True,
+                )
 
         if not args.no_latency:
             report["latency"] = []
-            for wait in args.fetch_waits:
-                print(f"(c) latency at {args.latency_rate:,}/s for {args.latency_seconds} s, SEQGUARD_FETCH_MAX_WAIT_MS={wait} ...", flush=True)
-                c = await run_latency(args, broker, redis_url, wait)
-                report["latency"].append(c)
-                print(f"  p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms ({c['measured_after_warmup']:,} events); worker {c['cpu_pct']['worker']}% CPU, broker {c['cpu_pct']['broker']}%", flush=True)
+            for rate in args.latency_rates:
+                for wait in args.fetch_waits:
+                    print(
+                        f"(c) latency at {rate:,}/s for {args.latency_seconds} s, "
+                        f"SEQGUARD_FETCH_MAX_WAIT_MS={wait} ...",
+                        flush=True,
+                    )
+                    c = await run_latency(args, broker, redis_url, rate, wait)
+                    report["latency"].append(c)
+                    print(
+                        f"  p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms ({c['measured_after_warmup']:,} events); "
+                        f"worker {c['cpu_pct']['worker']}% CPU, broker {c['cpu_pct']['broker']}%",
+                        flush=True,
+                    )
     finally:
         broker.stop()
         if redis_proc is not None:
             redis_proc.kill()
             redis_proc.wait(10)
-    report["environment"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    report["environment"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]  # noqa: ASYNC240
     out = RESULTS / f"throughput-{date}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     report["json_path"] = str(out.relative_to(ROOT))
     return report
 
 
-def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
-    w, f, b = r["workload"], r["floor"], r["seqguard"]
-    env = r["environment"]
-    print()
-    print("=" * 78)
-    print(f"seqguard throughput report  {r['date']}  (commit {env['git_commit']}{', workers/tables modified' if env['workers_or_tables_uncommitted_changes'] else ''})")
-    print(f"machine: {env['cpus']} CPUs ({env['cpu_model']}), load {' '.join(env['loadavg_start'])} -> {' '.join(env['loadavg_end'])}; SHARED AND NOISY:")
-    print("  other processes' CPU is shown per phase as 'others'; repeat runs before trusting a difference < ~20%.")
-    print(f"broker: {env['broker']}; python {env['python']}, aiokafka {env['aiokafka']}, faust-streaming {env['faust']}")
-    print("-" * 78)
-    print(f"N = {w['records']:,} records ({w['unique']:,} unique + {w['duplicates']:,} duplicates), {w['aggregates']:,} aggregates, {w['partitions']} partitions,")
-    print(f"    values {', '.join(f'{k} B x{v:,}' for k, v in w['value_bytes'].items())}; {w['ahead_of_turn']:,} events ({w['ahead_fraction']:.1%}) arrive ahead of their turn")
-    print(f"(a) floor  (aiokafka getmany + json.loads + dict update): {f['events_per_s']:>9,} events/s  ({f['cpu_us_per_event']} µs CPU/event; runs {', '.join(format(x['events_per_s'], ',') for x in f['runs'])})")
-    print(f"(b) seqguard worker (no handler, changelogs on):          {b['events_per_s']:>9,} events/s  received, {b['applied_per_s']:,} applied/s")
-    print(f"    conservative (excluding the first sample's {b['received_at_first_sample']:,}): {b['events_per_s_conservative']:,} events/s; {b['seconds']} s; {b['worker_cpu_us_per_event']} µs worker CPU/event")
-    print(f"    CPU (% of one core): worker {b['cpu_pct']['worker']}, broker {b['cpu_pct']['broker']}, others {b['cpu_pct']['others']}")
-    m = b["metrics"]
-    print(f"    metrics: {m['duplicates']:.0f} duplicates, {m['out_of_order']:.0f} buffered out of order, {m['dead_lettered']:.0f} dead-lettered, {m['order_violations']:.0f} late, {m['gaps']:.0f} gaps; {m['batches']:.0f} batches (~{m['events_per_batch']} events, mean {m['batch_seconds_mean'] * 1000:.0f} ms)")
+def report_lines(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    w, f, b, env = r["workload"], r["floor"], r["seqguard"], r["environment"]
+    cpu, m = b["cpu_pct"], b["metrics"]
+    modified = ", workers/tables modified" if env["workers_or_tables_uncommitted_changes"] else ""
+    load = f"{' '.join(env['loadavg_start'])} -> {' '.join(env['loadavg_end'])}"
+    floor_runs = ", ".join(format(x["events_per_s"], ",") for x in f["runs"])
+    sizes = ", ".join(f"{k} B x{v:,}" for k, v in w["value_bytes"].items())
+    ratio = r["ratio_seqguard_to_floor"]
+    out = [
+        "",
+        "=" * 78,
+        f"seqguard throughput report  {r['date']}  (commit {env['git_commit']}{modified})",
+        f"machine: {env['cpus']} CPUs ({env['cpu_model']}), load {load}; SHARED AND NOISY:",
+        "  other processes' CPU is shown per phase as 'others'; repeat before trusting a difference < ~20%.",
+        f"broker: {env['broker']}; python {env['python']}, aiokafka {env['aiokafka']}, faust {env['faust']}",
+        "-" * 78,
+        f"N = {w['records']:,} records ({w['unique']:,} unique + {w['duplicates']:,} duplicates), "
+        f"{w['aggregates']:,} aggregates, {w['partitions']} partitions,",
+        f"    values {sizes}; {w['ahead_of_turn']:,} events ({w['ahead_fraction']:.1%}) arrive ahead of their turn",
+        f"(a) floor (aiokafka getmany + json.loads + dict update): {f['events_per_s']:>9,} events/s",
+        f"    {f['cpu_us_per_event']} µs consumer CPU/event; runs {floor_runs}",
+        f"(b) seqguard worker (no handler, changelogs on):         {b['events_per_s']:>9,} events/s received,"
+        f" {b['applied_per_s']:,} applied/s",
+        f"    over {b['seconds']} s; excluding the first sample's {b['received_at_first_sample']:,}: "
+        f"{b['events_per_s_conservative']:,} events/s; {b['worker_cpu_us_per_event']} µs worker CPU/event",
+        f"    CPU (% of one core): worker {cpu['worker']}, broker {cpu['broker']}, others {cpu['others']}",
+        f"    metrics: {m['duplicates']:.0f} duplicates, {m['out_of_order']:.0f} buffered out of order, "
+        f"{m['dead_lettered']:.0f} dead-lettered, {m['order_violations']:.0f} late, {m['gaps']:.0f} gaps;",
+        f"    {m['batches']:.0f} batches (~{m['events_per_batch']} events, "
+        f"mean {m['batch_seconds_mean'] * 1000:.0f} ms)",
+    ]
     if "output_check" in b:
         v = b["output_check"]
-        print(f"    output check: {v['records']:,}/{v['expected']:,} records, {v['aggregates_wrong']} aggregates out of order or incomplete: {'OK' if v['ok'] else 'FAILED'}")
-    print(f"    ratio b/a = {r['ratio_seqguard_to_floor']:.3f}  (the floor is {1 / max(1e-9, r['ratio_seqguard_to_floor']):.1f}x faster)")
-    logs = b["worker_log"]
-    print(f"    worker log {logs['log']}: {logs['counts'] or 'no warnings or errors'}")
+        verdict = "OK" if v["ok"] else "FAILED"
+        out.append(
+            f"    output check: {v['records']:,}/{v['expected']:,} records, "
+            f"{v['aggregates_wrong']} aggregates out of order or incomplete: {verdict}"
+        )
+    out.append(f"    ratio b/a = {ratio:.3f}  (the floor is {1 / max(1e-9, ratio):.1f}x faster)")
+    out.append(f"    worker log {b['worker_log']['log']}: {b['worker_log']['counts'] or 'no warnings or errors'}")
     if "seqguard_profiled" in r:
         p = r["seqguard_profiled"]
-        print(f"(b') under py-spy: {p['events_per_s']:,} events/s; profile in benchmarks/results/profile-{r['date'][:10]}.txt; top self time:")
-        for name, pct in p["profile"]["top_self_pct"][:10]:
-            print(f"      {pct:5.1f}%  {name}")
+        out.append(f"(b') under py-spy: {p['events_per_s']:,} events/s; {p['profile_txt']}; top self time:")
+        out += [f"      {pct:5.1f}%  {name}" for name, pct in p["profile"]["top_self_pct"][:10]]
     for c in r.get("latency", []):
-        print(f"(c) latency at {c['send_rate_per_s']:,}/s, fetch wait {c['fetch_max_wait_ms']:>3} ms: p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms"
-              f"  ({c['measured_after_warmup']:,} of {c['received']:,}/{c['sent']:,} events after {args.latency_warmup} s warm-up)")
-        print(f"    CPU: worker {c['cpu_pct']['worker']}%, broker {c['cpu_pct']['broker']}%, bench (producer+probe) {c['cpu_pct']['bench']}%, others {c['cpu_pct']['others']}%;"
-              f" worker's own apply lag p50 <= {c['worker_apply_lag_p50_le_s']} s, p99 <= {c['worker_apply_lag_p99_le_s']} s (histogram buckets)")
+        ccpu = c["cpu_pct"]
+        out += [
+            f"(c) latency at {c['send_rate_per_s']:,}/s, fetch wait {c['fetch_max_wait_ms']:>3} ms: "
+            f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms",
+            f"    {c['measured_after_warmup']:,} measured of {c['received']:,}/{c['sent']:,} received/sent "
+            f"(first {args.latency_warmup} s not measured)",
+            f"    CPU: worker {ccpu['worker']}%, broker {ccpu['broker']}%, bench (producer+probe) {ccpu['bench']}%, "
+            f"others {ccpu['others']}%",
+            f"    worker's own apply lag (histogram buckets): p50 <= {c['worker_apply_lag_p50_le_s']} s, "
+            f"p99 <= {c['worker_apply_lag_p99_le_s']} s",
+        ]
         if c["worker_log"]["counts"]:
-            print(f"    worker log {c['worker_log']['log']}: {c['worker_log']['counts']}")
+            out.append(f"    worker log {c['worker_log']['log']}: {c['worker_log']['counts']}")
     if r.get("latency"):
-        print(f"    latency = probe receive time - input CreateTime; producer linger {args.producer_linger_ms} ms, probe fetch wait {args.probe_fetch_wait} ms included.")
-        print("    The embedded broker answers a waiting fetch only when the wait expires (trap 11): real Kafka should be lower.")
-    print("-" * 78)
-    print(f"JSON: {r['json_path']}")
-    print(f"reproduce: {r['command']}")
-    print("profile a worker yourself: benchmarks/profile_worker.sh <worker pid> [seconds]")
-    print("=" * 78)
+        out += [
+            "    latency = probe receive time - input CreateTime, producer linger "
+            f"({args.producer_linger_ms} ms) and probe fetch wait ({args.probe_fetch_wait} ms) included.",
+            "    The embedded broker answers a waiting fetch only when its wait expires (trap 11).",
+        ]
+    out += [
+        "-" * 78,
+        f"JSON: {r['json_path']}",
+        f"reproduce: {r['command']}",
+        "profile a running worker: benchmarks/profile_worker.sh <worker pid> [seconds]",
+        "=" * 78,
+    ]
+    return out
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=200_000, help="records pre-loaded for (a) and (b), duplicates included")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--events", type=int, default=200_000, help="records pre-loaded for (a) and (b), duplicates included"
+    )
     p.add_argument("--aggregates", type=int, default=10_000)
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--size", type=int, default=300, help="bytes per record value")
@@ -767,13 +948,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="longest (b) run in seconds")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True, help="run (b) again under py-spy")
     p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True, help="read (b)'s output back and check order")
+    p.add_argument(
+        "--verify", action=argparse.BooleanOptionalAction, default=True, help="read (b)'s output back and check order"
+    )
     p.add_argument("--no-latency", action="store_true")
-    p.add_argument("--latency-rate", type=int, default=5_000)
+    p.add_argument("--latency-rates", type=ints, default=[5_000], help="paced input rates for (c), events/s")
     p.add_argument("--latency-seconds", type=float, default=20.0)
-    p.add_argument("--latency-warmup", type=float, default=2.0, help="events sent in the first seconds are not measured")
+    p.add_argument(
+        "--latency-warmup", type=float, default=2.0, help="events sent in the first seconds are not measured"
+    )
     p.add_argument("--latency-drain-seconds", type=float, default=60.0)
-    p.add_argument("--fetch-waits", type=lambda s: [int(x) for x in s.split(",") if x], default=[50, 500])
+    p.add_argument("--fetch-waits", type=ints, default=[50, 500], help="SEQGUARD_FETCH_MAX_WAIT_MS values for (c)")
+    p.add_argument("--log-level", default="warning", help="SEQGUARD_LOG_LEVEL of the workers")
     p.add_argument("--probe-fetch-wait", type=int, default=10, help="fetch wait of the consumer measuring latency (ms)")
     p.add_argument("--producer-linger-ms", type=int, default=5, help="linger of the paced producer in (c)")
     return p.parse_args(argv)
@@ -782,7 +968,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = asyncio.run(main_async(args))
-    print_report(report, args)
+    print("\n".join(report_lines(report, args)))
     ok = report["seqguard"].get("output_check", {"ok": True})["ok"]
     return 0 if ok else 1
 

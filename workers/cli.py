@@ -109,5 +109,14 @@ def demo(aggregates: int, seed: int) -> None:
     sys.exit(run_demo(aggregates=aggregates, seed=seed))
 
 
+def _register_operator_commands() -> None:
+    from workers.cli_dlq import aggregates, dlq
+
+    main.add_command(dlq)
+    main.add_command(aggregates)
+
+
+_register_operator_commands()
+
 if __name__ == "__main__":
     main()

@@ -123,6 +123,7 @@ def decode(
     *,
     max_sequence: int = 2**53,
     max_bytes: int = 1_000_000,
+    derive_ids: bool = True,
 ) -> Envelope:
     """Decode one Kafka record into an Envelope, or raise DecodeError saying why not."""
     if value is not None and len(value) > max_bytes:
@@ -139,6 +140,8 @@ def decode(
     event_id = attrs.get("id")
     derived = False
     if event_id is None or event_id == "":
+        if not derive_ids:
+            raise DecodeError("missing or empty CloudEvents attribute 'id'")
         event_id, derived = canonical_data_id(data), True
     elif not isinstance(event_id, str):
         raise DecodeError("attribute 'id' is not a string")

@@ -110,7 +110,7 @@ class OrderedProcessor:
 
     async def _process(self, rec: InRecord) -> None:
         try:
-            env = decode(rec.key, rec.value, rec.headers, max_sequence=self.settings.max_sequence, max_bytes=self.settings.max_event_bytes)
+            env = decode(rec.key, rec.value, rec.headers, max_sequence=self.settings.max_sequence, max_bytes=self.settings.max_event_bytes, derive_ids=self.settings.derive_missing_ids)
         except DecodeError as exc:
             await self._dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
             return
@@ -194,7 +194,7 @@ class OrderedProcessor:
             self._buffered[loaded.partition] -= 1
             rec = InRecord.from_json(entry.record)
             try:
-                env = decode(rec.key, rec.value, rec.headers, max_sequence=self.settings.max_sequence, max_bytes=self.settings.max_event_bytes)
+                env = decode(rec.key, rec.value, rec.headers, max_sequence=self.settings.max_sequence, max_bytes=self.settings.max_event_bytes, derive_ids=self.settings.derive_missing_ids)
             except DecodeError as exc:  # it decoded when it was buffered; never expected
                 await self._dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
                 continue

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_sequence: int = Field(2**53, ge=1, description="Sequence numbers above this are rejected as absurd")
     state_ttl: float = Field(86_400.0, gt=0, description="Seconds of aggregate inactivity after which its state is forgotten")
     max_seen_ids: int = Field(10_000, ge=1, description="Seen event IDs kept per aggregate (besides the TTL)")
+    derive_missing_ids: bool = Field(True, description="An event without an id gets SHA-256 of its canonical data (false: dead-letter it)")
     max_event_bytes: int = Field(1_000_000, ge=1, description="Larger input records are dead-lettered")
 
     # --- handlers and retries ---

@@ -13,6 +13,7 @@ import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from workers.dlq.reader import markers_topic
 from workers.errors import StartupError
 from workers.settings import Settings
 
@@ -31,6 +32,7 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.output_topic, n, rf),
         NewTopic(settings.dlq, n, rf, topic_configs=LONG_RETENTION),
         NewTopic(settings.audit_topic, 1, rf, topic_configs=LONG_RETENTION),
+        NewTopic(markers_topic(settings.dlq), 1, rf, topic_configs=COMPACT),
         # Faust's leader-election topic: one partition, as Faust itself declares it.
         NewTopic(f"{settings.app_id}-__assignor-__leader", 1, rf),
     ]

@@ -1,0 +1,99 @@
+"""The runbook's Scenario 1, end to end: a failed build.progress parks its build, and the
+DLQ replay applies it in order. Real broker, real Redis, real worker and CLI processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+from redis.asyncio import Redis
+
+from tests.harness import ROOT, Deployment, Worker, consume_all, event, metric_value, produce
+from tests.integration.flaky_builds import fail_flag
+from workers.effects import Effects
+
+DOMAINS = "workers.domains.orders,tests.integration.flaky_builds"
+
+
+def seqguard(deployment: Deployment, *args: str) -> dict:
+    """Run the CLI as an operator would; return its --json output."""
+    env = {**os.environ, **deployment.env(SEQGUARD_DOMAINS=DOMAINS)}
+    proc = subprocess.run([sys.executable, "-m", "workers.cli", *args, "--json"], env=env, cwd=ROOT, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+def applied_sequences(records: list, aggregate: str) -> list[int]:
+    return [json.loads(r.value)["sequence"] for r in sorted(records, key=lambda r: r.offset) if r.key.decode() == aggregate]
+
+
+async def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_failed_progress_parks_build_until_replay_applies_it_in_order(broker, redis_url) -> None:
+    deployment = Deployment(broker.url, redis_url, extra={"SEQGUARD_DOMAINS": DOMAINS, "SEQGUARD_RETRY_BASE_DELAY": "0.05"})
+    await deployment.create_topics()
+    settings = deployment.settings()
+    redis = Redis.from_url(redis_url)
+    effects = Effects(redis, prefix=settings.redis_prefix)
+    build, other = "build-42", "build-7"
+    await redis.set(fail_flag(settings.redis_prefix, build), 1)  # the build service is down for build-42
+    worker = Worker(deployment)
+    try:
+        await worker.ready()
+        await produce(broker.bootstrap, settings.input_topic, [event(build, 1, "build.start"), event(build, 2, "build.progress", {"pct": 50})])
+
+        async def progress_dead_lettered() -> bool:
+            return metric_value(worker.metrics(), "seqguard_dead_lettered_total", error_class="handler_exception") >= 1
+
+        await wait_for(progress_dead_lettered, what="build.progress in the DLQ")
+        await produce(
+            broker.bootstrap,
+            settings.input_topic,
+            [event(build, 3, "build.complete"), event(build, 4, "service.create")]
+            + [event(other, s, t) for s, t in enumerate(["build.start", "build.progress", "build.complete", "service.create"], 1)],
+        )
+        # Other builds flow; build-42 holds 3 and 4 (not applied) while 2 is in the DLQ.
+        out = await consume_all(broker.bootstrap, settings.output_topic, expect=5, timeout=30)
+        assert applied_sequences(out, other) == [1, 2, 3, 4]
+        assert applied_sequences(out, build) == [1]
+        assert await effects.state("build", build) == "started"
+        tables = worker.tables()
+        assert tables["sequence"][build]["p"][:2] == [2, "handler_exception"]  # parked at 2
+        assert sorted(b[0] for b in tables["reorder"][build]["b"]) == [3, 4]
+        assert metric_value(worker.metrics(), "seqguard_handler_retries_total", type="build.progress") == 2
+
+        listing = seqguard(deployment, "dlq", "list")
+        assert listing["waiting"] == 1 and listing["by_error_class"] == {"handler_exception": 1}
+        shown = seqguard(deployment, "dlq", "show")
+        assert shown[0]["aggregate-id"] == build and shown[0]["sequence"] == "2" and shown[0]["attempts"] == "3"
+        assert shown[0]["original-topic"] == settings.input_topic
+
+        dry = seqguard(deployment, "dlq", "replay", "--dry-run")
+        assert dry["to_replay"] == 1 and dry["republished"] == 0
+
+        await redis.delete(fail_flag(settings.redis_prefix, build))  # the build service is back
+        first = seqguard(deployment, "dlq", "replay")
+        assert first["republished"] == 1
+
+        out = await consume_all(broker.bootstrap, settings.output_topic, expect=8, timeout=30)
+        assert applied_sequences(out, build) == [1, 2, 3, 4]
+        assert await effects.history("build", build) == ["1:build.start", "2:build.progress", "3:build.complete", "4:service.create"]
+        assert await effects.state("build", build) == "service_created"
+        assert worker.tables()["sequence"][build]["p"] is None
+
+        second = seqguard(deployment, "dlq", "replay")
+        assert second["republished"] == 0 and second["already_replayed"] == 1
+        await asyncio.sleep(2)
+        assert len(await consume_all(broker.bootstrap, settings.output_topic, expect=8, timeout=10)) == 8
+    finally:
+        worker.stop()
+        await redis.aclose()
