@@ -634,37 +634,26 @@ def summarize_profile(raw: Path, top: int = 20) -> tuple[str, dict[str, Any]]:
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
-    parts = [
-        ".venv/bin/python",
-        "-m",
-        "benchmarks.throughput",
-        "--events",
-        str(args.events),
-        "--aggregates",
-        str(args.aggregates),
-        "--partitions",
-        str(args.partitions),
-        "--size",
-        str(args.size),
-        "--ooo",
-        str(args.ooo),
-        "--dups",
-        str(args.dups),
-        "--seed",
-        str(args.seed),
-        "--latency-rates",
-        ",".join(map(str, args.latency_rates)),
-        "--latency-seconds",
-        str(args.latency_seconds),
-        "--fetch-waits",
-        ",".join(map(str, args.fetch_waits)),
-        "--log-level",
-        args.log_level,
-    ]
-    if not args.profile:
-        parts.append("--no-profile")
-    if args.no_latency:
-        parts.append("--no-latency")
+    options = {
+        "--events": args.events,
+        "--aggregates": args.aggregates,
+        "--partitions": args.partitions,
+        "--size": args.size,
+        "--ooo": args.ooo,
+        "--dups": args.dups,
+        "--seed": args.seed,
+        "--latency-rates": ",".join(map(str, args.latency_rates)),
+        "--latency-seconds": args.latency_seconds,
+        "--fetch-waits": ",".join(map(str, args.fetch_waits)),
+        "--log-level": args.log_level,
+    }
+    if args.tag:
+        options["--tag"] = args.tag
+    parts = [".venv/bin/python", "-m", "benchmarks.throughput"]
+    for flag, value in options.items():
+        parts += [flag, str(value)]
+    parts += [] if args.profile else ["--no-profile"]
+    parts += ["--no-latency"] if args.no_latency else []
     return f"cd {ROOT} && " + shlex.join(parts)
 
 
@@ -709,7 +698,7 @@ def environment() -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    date = dt.datetime.now().strftime("%Y-%m-%d")
+    date = dt.datetime.now().strftime("%Y-%m-%d") + (f"-{args.tag}" if args.tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -960,6 +949,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-drain-seconds", type=float, default=60.0)
     p.add_argument("--fetch-waits", type=ints, default=[50, 500], help="SEQGUARD_FETCH_MAX_WAIT_MS values for (c)")
     p.add_argument("--log-level", default="warning", help="SEQGUARD_LOG_LEVEL of the workers")
+    p.add_argument("--tag", default="", help="suffix of the result files: throughput-<date>-<tag>.json")
     p.add_argument("--probe-fetch-wait", type=int, default=10, help="fetch wait of the consumer measuring latency (ms)")
     p.add_argument("--producer-linger-ms", type=int, default=5, help="linger of the paced producer in (c)")
     return p.parse_args(argv)
