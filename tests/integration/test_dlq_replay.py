@@ -97,3 +97,69 @@ async def test_failed_progress_parks_build_until_replay_applies_it_in_order(brok
     finally:
         worker.stop()
         await redis.aclose()
+
+
+async def test_v1_and_v2_events_of_one_type_both_apply_through_the_upcaster(deployment: Deployment, broker, redis_url) -> None:
+    settings = deployment.settings()
+    v1 = [event("ord-v1", 1, "order.created"), event("ord-v1", 2, "order.paid", {"amount": 12.5}, schemaversion=1)]
+    v2 = [event("ord-v2", 1, "order.created"), event("ord-v2", 2, "order.paid", {"amount_cents": 1250, "currency": "USD"}, schemaversion=2)]
+    worker = Worker(deployment)
+    try:
+        await worker.ready()
+        await produce(broker.bootstrap, settings.input_topic, v1 + v2)
+        out = await consume_all(broker.bootstrap, settings.output_topic, expect=4, timeout=30)
+    finally:
+        worker.stop()
+    assert len(out) == 4
+    redis = Redis.from_url(redis_url)
+    try:
+        effects = Effects(redis, prefix=settings.redis_prefix)
+        emails = sorted(await effects.outbox("emails"), key=lambda e: e["order"])
+        assert emails == [
+            {"order": "ord-v1", "subject": "Order confirmed", "amount_cents": 1250, "currency": "USD"},
+            {"order": "ord-v2", "subject": "Order confirmed", "amount_cents": 1250, "currency": "USD"},
+        ]
+        assert await effects.state("order", "ord-v1") == await effects.state("order", "ord-v2") == "paid"
+    finally:
+        await redis.aclose()
+
+
+async def test_refailing_replay_returns_to_dlq_with_count_and_stops_at_the_limit(broker, redis_url) -> None:
+    deployment = Deployment(broker.url, redis_url, extra={"SEQGUARD_DOMAINS": DOMAINS, "SEQGUARD_RETRY_BASE_DELAY": "0.01", "SEQGUARD_MAX_REPLAYS": "2"})
+    await deployment.create_topics()
+    settings = deployment.settings()
+    redis = Redis.from_url(redis_url)
+    build = "build-broken"
+    await redis.set(fail_flag(settings.redis_prefix, build), 1)  # stays broken
+    worker = Worker(deployment)
+    try:
+        await worker.ready()
+        await produce(broker.bootstrap, settings.input_topic, [event(build, 1, "build.start"), event(build, 2, "build.progress")])
+        for expected_records in (1, 2, 3):
+            dlq = await consume_all(broker.bootstrap, settings.dlq, expect=expected_records, timeout=30, quiet=1)
+            assert len(dlq) == expected_records
+            counts = sorted(int(dict(r.headers)["seqguard-replay-count"]) for r in dlq)
+            assert counts == list(range(expected_records))
+            result = seqguard(deployment, "dlq", "replay")
+            assert result["republished"] == (1 if expected_records < 3 else 0)
+        assert result["over_replay_limit"] == 1  # left for an operator, not looped forever
+        first_failures = {dict(r.headers)["seqguard-first-failure"] for r in dlq}
+        assert len(first_failures) == 1  # the first failure time travels with the record
+
+        # The operator gives up on 2: the build resumes at 3, and the audit topic says who and why.
+        await produce(broker.bootstrap, settings.input_topic, [event(build, 3, "build.note", id="c3")])  # no handler
+        env = {**os.environ, **deployment.env()}
+        proc = subprocess.run(
+            [sys.executable, "-m", "workers.cli", "aggregates", "resolve", build, "--skip-to", "3", "--reason", "progress lost upstream"],
+            env=env, cwd=ROOT, capture_output=True, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        audit = await consume_all(broker.bootstrap, settings.audit_topic, expect=1, timeout=30)
+        record = json.loads(audit[-1].value)
+        assert record["kind"] == "resolved" and record["skipped"] == [2, 2] and record["reason"] == "progress lost upstream"
+        out = await consume_all(broker.bootstrap, settings.output_topic, expect=2, timeout=30)
+        assert applied_sequences(out, build) == [1, 3]
+        assert worker.tables()["sequence"][build]["p"] is None
+    finally:
+        worker.stop()
+        await redis.aclose()
