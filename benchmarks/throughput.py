@@ -17,7 +17,8 @@ redis-server it starts unless REDIS_URL is set):
 (b') the same again (same input topic, fresh app id and changelogs) under py-spy, for the
     profile: benchmarks/results/profile-<date>.txt. Its rate is printed apart: py-spy
     takes CPU from a 2-core machine.
-(c) end-to-end latency at a steady rate (default 5,000 events/s for 20 s, in order): a paced
+(c) end-to-end latency at a steady rate (default 5,000 and 2,000 events/s, 20 s each, in order: at 5,000/s
+    a worker on this 2-core machine falls behind and the figure is queueing, reported as such): a paced
     producer into a fresh deployment with a running worker, and a consumer on the output
     topic measuring receive time - record timestamp (the worker keeps the input's
     CreateTime). Once per fetch wait (SEQGUARD_FETCH_MAX_WAIT_MS, default 50 and 500): the
@@ -55,6 +56,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tests.harness import LOGS, Deployment, Worker, metric_value, start_redis
 from workers.embedded import EmbeddedBroker, start_broker
 from workers.envelope import encode_structured
+from workers.topics import TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -341,7 +343,7 @@ async def run_seqguard(
                 if received > 0 and first is None:
                     first = (now, received, mark)
                     if profile_to is not None:
-                        raw_path = profile_to.with_suffix(".raw")
+                        raw_path = LOGS / (profile_to.stem + ".raw")
                         spy = subprocess.Popen(  # noqa: ASYNC220 - py-spy must start at this moment
                             [
                                 str(py_spy()),
@@ -457,6 +459,22 @@ async def verify_output(
     }
 
 
+async def count_records(bootstrap: str, topics: list[str], partitions: int) -> dict[str, int]:
+    """Records per topic from the fetch high-water marks (end_offsets is wrong on Tansu, trap 2)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(consumer.highwater(tp) is None for tp in tps):
+            await consumer.getmany(timeout_ms=200, max_records=1)
+        return {t: sum(consumer.highwater(TopicPartition(t, p)) or 0 for p in range(partitions)) for t in topics}
+    finally:
+        await consumer.stop()
+
+
 # --------------------------------------------------------------------------- (c) latency
 
 
@@ -481,6 +499,7 @@ async def run_latency(
     worker = Worker(deployment, label=f"latency-{fetch_wait}ms", **worker_env(args, fetch_wait))
     pids = {"worker": worker.proc.pid, "broker": broker.process.pid, "bench": os.getpid()}
     latencies: list[tuple[float, float]] = []  # (send time, latency s)
+    last_receive = 0.0
     consumer = None
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=args.producer_linger_ms, acks=1)
     try:
@@ -493,10 +512,13 @@ async def run_latency(
         done = asyncio.Event()
 
         async def consume() -> None:
+            nonlocal last_receive
             assert consumer is not None
             while len(latencies) < total:
                 batch = await consumer.getmany(timeout_ms=100)
                 now = time.time()
+                if batch:
+                    last_receive = now
                 for msgs in batch.values():
                     latencies.extend((m.timestamp / 1000.0, now - m.timestamp / 1000.0) for m in msgs)
             done.set()
@@ -519,6 +541,7 @@ async def run_latency(
                 sent += 1
             await asyncio.sleep(0.002)
         send_seconds = time.perf_counter() - start
+        t_send_end = time.time()
         mark1 = CpuMark.take(pids)
         await producer.flush()
         for fut in futures:
@@ -538,8 +561,17 @@ async def run_latency(
         if consumer is not None:
             await consumer.stop()
         worker.stop()
-    steady = sorted(lat for sent_at, lat in latencies if sent_at >= t_start + args.latency_warmup)
-    ms = [1000 * v for v in steady]
+    window = [(sent_at, lat) for sent_at, lat in latencies if sent_at >= t_start + args.latency_warmup]
+    ms = sorted(1000 * lat for _, lat in window)
+    # Did the worker keep up? A backlog shows as latency growing over the run and as output
+    # still arriving well after the producer stopped.
+    window.sort()
+    third = len(window) // 3
+    early = sorted(1000 * lat for _, lat in window[:third])
+    late = sorted(1000 * lat for _, lat in window[-third:]) if third else []
+    drain = max(0.0, last_receive - t_send_end)
+    p50_early, p50_late = percentile(early, 0.5), percentile(late, 0.5)
+    kept_up = drain < 1.0 and not (p50_late > 2 * p50_early and p50_late > 250)
     return {
         "fetch_max_wait_ms": fetch_wait,
         "target_rate_per_s": rate,
@@ -552,6 +584,11 @@ async def run_latency(
         "p99_ms": round(percentile(ms, 0.99), 1),
         "max_ms": round(ms[-1], 1) if ms else None,
         "mean_ms": round(statistics.fmean(ms), 1) if ms else None,
+        "p50_first_third_ms": round(p50_early, 1),
+        "p50_last_third_ms": round(p50_late, 1),
+        "output_after_producer_stopped_s": round(drain, 2),
+        "kept_up": kept_up,
+        "output_rate_per_s": round(len(latencies) / max(1e-9, last_receive - t_start)),
         "worker_apply_lag_p50_le_s": histogram_quantile(metrics_text, "seqguard_apply_lag_seconds", 0.5),
         "worker_apply_lag_p99_le_s": histogram_quantile(metrics_text, "seqguard_apply_lag_seconds", 0.99),
         "cpu_pct": cpu_between(mark0, mark1),
@@ -581,6 +618,16 @@ def _func(frame: str) -> tuple[str, str]:
     return f"{name} ({path})", package
 
 
+def _task(funcs: list[tuple[str, str]]) -> str:
+    """What the event loop was running: the two frames under the innermost Handle._run."""
+    names = [name.split(" (")[0] for name, _ in funcs]
+    for i in range(len(names) - 1, -1, -1):
+        if names[i] == "Handle._run":
+            below = names[i + 1 : i + 3]
+            return " > ".join(below) if below else "Handle._run (itself)"
+    return "outside callbacks: " + " > ".join(names[-2:])
+
+
 def summarize_profile(raw: Path, top: int = 20) -> tuple[str, dict[str, Any]]:
     """Self and inclusive time per function, and self time per package, from py-spy raw output."""
     total = 0
@@ -588,6 +635,8 @@ def summarize_profile(raw: Path, top: int = 20) -> tuple[str, dict[str, Any]]:
     inclusive: Counter[str] = Counter()
     packages: Counter[str] = Counter()
     threads: Counter[str] = Counter()
+    tasks: Counter[str] = Counter()
+    logging_callers: Counter[str] = Counter()
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -605,6 +654,11 @@ def summarize_profile(raw: Path, top: int = 20) -> tuple[str, dict[str, Any]]:
         packages[package] += count
         for name in {f for f, _ in funcs}:
             inclusive[name] += count
+        tasks[_task(funcs)] += count
+        for i, (_, package) in enumerate(funcs):
+            if package == "logging" and i > 0:
+                logging_callers[funcs[i - 1][0]] += count
+                break
 
     def pct(c: int) -> float:
         return round(100 * c / max(1, total), 1)
@@ -613,6 +667,10 @@ def summarize_profile(raw: Path, top: int = 20) -> tuple[str, dict[str, Any]]:
     lines += [f"  {pct(c):5.1f}%  {t}" for t, c in threads.most_common()]
     lines += ["", "Self time by package (leaf frame's module):"]
     lines += [f"  {pct(c):5.1f}%  {p}" for p, c in packages.most_common(15)]
+    lines += ["", "Inclusive time by asyncio callback or task (the two frames under Handle._run):"]
+    lines += [f"  {pct(c):5.1f}%  {t}" for t, c in tasks.most_common(15)]
+    lines += ["", f"Logging (inclusive): {pct(sum(logging_callers.values()))}%, called from:"]
+    lines += [f"  {pct(c):5.1f}%  {f}" for f, c in logging_callers.most_common(5)]
     lines += ["", f"Top {top} functions by self time:"]
     lines += [f"  {pct(c):5.1f}%  {f}" for f, c in self_time.most_common(top)]
     lines += ["", f"Top {top} seqguard functions (workers/, tables/) by inclusive time:"]
@@ -626,6 +684,8 @@ def summarize_profile(raw: Path, top: int = 20) -> tuple[str, dict[str, Any]]:
         "packages_self_pct": {p: pct(c) for p, c in packages.most_common(15)},
         "top_self_pct": [[f, pct(c)] for f, c in self_time.most_common(top)],
         "top_seqguard_inclusive_pct": [[f, pct(c)] for f, c in ours[:top]],
+        "tasks_pct": [[t, pct(c)] for t, c in tasks.most_common(15)],
+        "logging_pct": pct(sum(logging_callers.values())),
     }
     return "\n".join(lines), summary
 
@@ -774,6 +834,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 f"{v['aggregates_wrong']} aggregates wrong -> {'OK' if v['ok'] else 'FAILED'}",
                 flush=True,
             )
+        tables = {t: settings.changelog_topic(t) for t in TABLES}
+        counts = await count_records(broker.bootstrap, [settings.output_topic, *tables.values()], args.partitions)
+        n = len(workload.records)
+        b["records_written_per_input_event"] = {
+            "output": round(counts[settings.output_topic] / n, 3),
+            **{f"changelog_{t}": round(counts[topic] / n, 3) for t, topic in tables.items()},
+        }
+        b["records_written"] = counts
         report["ratio_seqguard_to_floor"] = round(b["events_per_s"] / report["floor"]["events_per_s"], 4)
 
         if args.profile:
@@ -800,7 +868,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     f"The worker ran at {bp['events_per_s']:,} events/s under py-spy ({b['events_per_s']:,} without).\n"
                     f"Percentages are of non-idle samples of all threads (py-spy leaves out threads blocked in I/O).\n"
                     f"Command: {report['command']}\n"
-                    f"Raw stacks: {bp['profile_raw']} (flamegraph.pl or speedscope read them)\n\n"
+                    f"Raw stacks: {bp['profile_raw']} (not kept in git; flamegraph.pl or speedscope read them)\n\n"
                 )
                 profile_txt.write_text(header + text + "\n")
                 bp["profile"] = summary
@@ -877,6 +945,9 @@ def report_lines(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
             f"    output check: {v['records']:,}/{v['expected']:,} records, "
             f"{v['aggregates_wrong']} aggregates out of order or incomplete: {verdict}"
         )
+    if "records_written_per_input_event" in b:
+        per = b["records_written_per_input_event"]
+        out.append("    records written per input event: " + ", ".join(f"{k} {v}" for k, v in per.items()))
     out.append(f"    ratio b/a = {ratio:.3f}  (the floor is {1 / max(1e-9, ratio):.1f}x faster)")
     out.append(f"    worker log {b['worker_log']['log']}: {b['worker_log']['counts'] or 'no warnings or errors'}")
     if "seqguard_profiled" in r:
@@ -889,7 +960,14 @@ def report_lines(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
             f"(c) latency at {c['send_rate_per_s']:,}/s, fetch wait {c['fetch_max_wait_ms']:>3} ms: "
             f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms",
             f"    {c['measured_after_warmup']:,} measured of {c['received']:,}/{c['sent']:,} received/sent "
-            f"(first {args.latency_warmup} s not measured)",
+            f"(first {args.latency_warmup} s not measured); "
+            + (
+                "worker kept up"
+                if c["kept_up"]
+                else f"WORKER FELL BEHIND: p50 {c['p50_first_third_ms']} -> {c['p50_last_third_ms']} ms over the run, "
+                f"output went on {c['output_after_producer_stopped_s']} s after the producer stopped "
+                f"(output {c['output_rate_per_s']:,}/s): this is queueing, not fetch latency"
+            ),
             f"    CPU: worker {ccpu['worker']}%, broker {ccpu['broker']}%, bench (producer+probe) {ccpu['bench']}%, "
             f"others {ccpu['others']}%",
             f"    worker's own apply lag (histogram buckets): p50 <= {c['worker_apply_lag_p50_le_s']} s, "
@@ -941,7 +1019,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--verify", action=argparse.BooleanOptionalAction, default=True, help="read (b)'s output back and check order"
     )
     p.add_argument("--no-latency", action="store_true")
-    p.add_argument("--latency-rates", type=ints, default=[5_000], help="paced input rates for (c), events/s")
+    p.add_argument("--latency-rates", type=ints, default=[5_000, 2_000], help="paced input rates for (c), events/s")
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument(
         "--latency-warmup", type=float, default=2.0, help="events sent in the first seconds are not measured"

@@ -49,7 +49,8 @@ class Envelope:
 def canonical_data_id(data: Any) -> str:
     """A deterministic id for an event without one: SHA-256 of its canonical data."""
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # surrogatepass: JSON text may escape a lone surrogate (\ud800), which strict UTF-8 cannot encode.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_sequence(raw: Any, max_sequence: int) -> int | None:
@@ -75,7 +76,9 @@ def _header_map(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, bytes]
     return {k.lower(): v for k, v in headers} if headers else {}
 
 
-def _text(raw: bytes, what: str) -> str:
+def _text(raw: bytes | None, what: str) -> str:
+    if raw is None:  # Kafka header values are nullable
+        raise DecodeError(f"{what} is null")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -88,6 +91,8 @@ def _load_json(raw: bytes, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DecodeError(f"{what} is not JSON: {exc.msg} at {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        raise DecodeError(f"{what} is not usable JSON: {str(exc)[:80]}") from None
 
 
 def _attributes(key: bytes | None, value: bytes | None, hmap: dict[str, bytes]) -> tuple[dict[str, Any], bool]:
@@ -150,8 +155,18 @@ def decode(
         aggregate = _text(key, "key") if key else None
     if not aggregate or not isinstance(aggregate, str):
         raise DecodeError("no aggregate ID: neither a partitionkey attribute nor a record key")
+    identities = (("aggregate ID", aggregate), ("id", event_id), ("source", attrs["source"]), ("type", attrs["type"]))
+    for what, text in identities:
+        if not text.isascii():
+            try:  # JSON text may escape a lone surrogate, which no key or Redis name can carry
+                text.encode()
+            except UnicodeEncodeError:
+                raise DecodeError(f"{what} contains a lone surrogate") from None
     sequence = parse_sequence(attrs.get(SEQUENCE_ATTR), max_sequence)
     version = attrs.get(SCHEMA_VERSION_ATTR, 1)
+    if isinstance(version, bool) or (isinstance(version, float) and not version.is_integer()):
+        # int() would truncate 1.5 to 1, and fail on an infinity with OverflowError
+        raise DecodeError(f"schemaversion is not an integer: {str(version)[:20]!r}")
     try:
         version = int(version)
     except (TypeError, ValueError):

@@ -60,7 +60,10 @@ class HandlerSpec:
                 raise SchemaInvalid(f"{self.type} has no upcaster from version {version}")
             if not isinstance(data, dict):
                 raise SchemaInvalid(f"{self.type} v{version} data is not an object")
-            data = step(data)
+            try:
+                data = step(data)
+            except Exception as exc:  # bad old data (a KeyError...) must dead-letter, not escape the batch
+                raise SchemaInvalid(f"{self.type} v{version} data cannot be upcast: {type(exc).__name__}: {exc}") from None
             version += 1
         if self.model is None:
             return data

@@ -38,7 +38,7 @@ class InRecord:
             self.timestamp,
             None if self.key is None else self.key.decode("latin-1"),
             None if self.value is None else self.value.decode("utf-8"),
-            [[k, v.decode("latin-1")] for k, v in self.headers],
+            [[k, None if v is None else v.decode("latin-1")] for k, v in self.headers],  # values are nullable
         ]
 
     @classmethod
@@ -51,5 +51,5 @@ class InRecord:
             ts,
             None if key is None else key.encode("latin-1"),
             None if value is None else value.encode("utf-8"),
-            [(k, v.encode("latin-1")) for k, v in headers],
+            [(k, None if v is None else v.encode("latin-1")) for k, v in headers],
         )

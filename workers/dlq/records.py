@@ -64,7 +64,7 @@ def original_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, by
 def header(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
     found = None
     for k, v in headers:
-        if k == name:
+        if k == name and v is not None:  # Kafka header values are nullable
             found = v.decode("utf-8", "replace")
     return found
 
@@ -78,8 +78,10 @@ def dlq_headers(source: Source, failure: Failure, *, worker_id: str, max_message
     replayed_from = header(source.headers, REPLAYED_FROM)
     if replayed_from is not None:  # keep the first place the record was seen, not the replay's
         topic = header(source.headers, ORIGINAL_TOPIC) or topic
-        partition = int(header(source.headers, ORIGINAL_PARTITION) or partition)
-        offset = int(header(source.headers, ORIGINAL_OFFSET) or offset)
+        # These headers arrive with the input record: never let a malformed one stop the worker.
+        raw_partition, raw_offset = header(source.headers, ORIGINAL_PARTITION), header(source.headers, ORIGINAL_OFFSET)
+        partition = int(raw_partition) if raw_partition and raw_partition.isdecimal() else partition
+        offset = int(raw_offset) if raw_offset and raw_offset.isdecimal() else offset
     ours = {
         ORIGINAL_TOPIC: topic,
         ORIGINAL_PARTITION: str(partition),
