@@ -109,9 +109,7 @@ def receive(
     return Verdict.HELD if parked is not None else Verdict.BUFFERED
 
 
-def applied(
-    agg: Aggregate, event: Incoming, now: float, *, limits: Limits = Limits()
-) -> None:
+def applied(agg: Aggregate, event: Incoming, now: float, *, limits: Limits = Limits()) -> None:
     """Record a successful apply: the ID is seen, the sequence moves on, parking ends."""
     agg.seen.add(event.key, now, limits.max_seen)
     state = agg.seq
@@ -221,6 +219,4 @@ def is_idle(agg: Aggregate, now: float, ttl: float) -> bool:
 
     Parked aggregates and ones with buffered events are never forgotten silently.
     """
-    return (
-        now - agg.seq.last_active > ttl and not len(agg.buffer) and agg.seq.parked is None
-    )
+    return now - agg.seq.last_active > ttl and not len(agg.buffer) and agg.seq.parked is None

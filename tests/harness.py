@@ -113,7 +113,9 @@ class Worker:
     def get(self, path: str) -> tuple[int, Any]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
-                return resp.status, json.loads(resp.read()) if "json" in resp.headers.get("content-type", "") else resp.read()
+                return resp.status, json.loads(resp.read()) if "json" in resp.headers.get(
+                    "content-type", ""
+                ) else resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, None
 
@@ -173,7 +175,16 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 # --------------------------------------------------------------------------- producing
 
 
-def event(aggregate: str, seq: int | None, event_type: str, data: Any = None, *, source: str = "test", id: str | None = None, **attrs: Any) -> tuple[bytes, list[tuple[str, bytes]], bytes]:  # noqa: A002
+def event(
+    aggregate: str,
+    seq: int | None,
+    event_type: str,
+    data: Any = None,
+    *,
+    source: str = "test",
+    id: str | None = None,
+    **attrs: Any,
+) -> tuple[bytes, list[tuple[str, bytes]], bytes]:  # noqa: A002
     body: dict[str, Any] = {"source": source, "type": event_type, "data": data if data is not None else {}, **attrs}
     body["id"] = id if id is not None else f"{aggregate}-{seq}"
     if seq is not None:
@@ -195,7 +206,9 @@ def with_duplicates(items: list[Any], fraction: float, rng: random.Random, windo
     return out
 
 
-async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, list[tuple[str, bytes]], bytes | None]]) -> int:
+async def produce(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, list[tuple[str, bytes]], bytes | None]]
+) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     count = 0
@@ -212,10 +225,14 @@ async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | No
     return count
 
 
-async def consume_all(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 60.0, quiet: float = 2.0) -> list[Any]:
+async def consume_all(
+    bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 60.0, quiet: float = 2.0
+) -> list[Any]:
     """Every record of ``topic`` from the start: until ``expect`` records (then ``quiet`` s more
     to catch extras), or until nothing arrives for ``quiet`` s when ``expect`` is None."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()

@@ -28,7 +28,9 @@ def _time(value: str | None) -> float | None:
         return datetime.fromisoformat(value).timestamp()
 
 
-def _filters(aggregate: str | None, event_type: str | None, error_class: tuple[str, ...], since: str | None, until: str | None) -> Filters:
+def _filters(
+    aggregate: str | None, event_type: str | None, error_class: tuple[str, ...], since: str | None, until: str | None
+) -> Filters:
     return Filters(aggregate, event_type, frozenset(error_class), _time(since), _time(until))
 
 
@@ -77,7 +79,9 @@ def dlq_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"{settings.dlq}: {report['records']} records, {report['waiting']} waiting, {report['replayed']} replayed")
+    click.echo(
+        f"{settings.dlq}: {report['records']} records, {report['waiting']} waiting, {report['replayed']} replayed"
+    )
     click.echo(f"oldest failure {_iso(report['oldest'])}, newest {_iso(report['newest'])}")
     for title in ("by_error_class", "by_event_type", "by_aggregate"):
         click.echo(f"\n{title.replace('_', ' ')}:")
@@ -90,7 +94,16 @@ def dlq_list(as_json: bool) -> None:
 @click.option("--limit", default=50, show_default=True)
 @click.option("--all", "include_replayed", is_flag=True, help="Include records already replayed.")
 @click.option("--json", "as_json", is_flag=True)
-def dlq_show(aggregate: str | None, event_type: str | None, error_class: tuple[str, ...], since: str | None, until: str | None, limit: int, include_replayed: bool, as_json: bool) -> None:
+def dlq_show(
+    aggregate: str | None,
+    event_type: str | None,
+    error_class: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    limit: int,
+    include_replayed: bool,
+    as_json: bool,
+) -> None:
     """DLQ records with their failure details."""
     settings = Settings()
     letters, replayed = asyncio.run(read_dead_letters(settings.bootstrap_servers, settings.dlq))
@@ -114,7 +127,16 @@ def dlq_show(aggregate: str | None, event_type: str | None, error_class: tuple[s
 @click.option("--dry-run", is_flag=True, help="Print the plan; republish nothing.")
 @click.option("--rate", type=float, default=None, help="Records/s (default SEQGUARD_REPLAY_RATE; 0: unlimited).")
 @click.option("--json", "as_json", is_flag=True)
-def dlq_replay(aggregate: str | None, event_type: str | None, error_class: tuple[str, ...], since: str | None, until: str | None, dry_run: bool, rate: float | None, as_json: bool) -> None:
+def dlq_replay(
+    aggregate: str | None,
+    event_type: str | None,
+    error_class: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    dry_run: bool,
+    rate: float | None,
+    as_json: bool,
+) -> None:
     """Republish DLQ records in order (aggregate, sequence, original time) to their input topic."""
     settings = Settings()
     filters = _filters(aggregate, event_type, error_class, since, until)
@@ -131,12 +153,18 @@ def dlq_replay(aggregate: str | None, event_type: str | None, error_class: tuple
         click.echo(json.dumps(result, indent=2))
         return
     verb = "would republish" if dry_run else "republished"
-    click.echo(f"{verb} {len(plan.replay) if dry_run else sent} record(s) of {summary['aggregates']} aggregate(s) {summary['by_error_class']}")
-    click.echo(f"skipped: {plan.already_replayed} already replayed, {len(plan.over_limit)} over the replay limit "
-               f"(SEQGUARD_MAX_REPLAYS={settings.max_replays}; left for an operator), {plan.not_matching} not matching")
+    count = len(plan.replay) if dry_run else sent
+    click.echo(f"{verb} {count} record(s) of {summary['aggregates']} aggregate(s) {summary['by_error_class']}")
+    click.echo(
+        f"skipped: {plan.already_replayed} already replayed, {len(plan.over_limit)} over the replay limit "
+        f"(SEQGUARD_MAX_REPLAYS={settings.max_replays}; left for an operator), {plan.not_matching} not matching"
+    )
     if dry_run:
         for lt in plan.replay[:200]:
-            click.echo(f"  {lt.aggregate_id}#{lt.sequence} {lt.event_type} ({lt.error_class}, replays={lt.replay_count}) from {lt.place}")
+            click.echo(
+                f"  {lt.aggregate_id}#{lt.sequence} {lt.event_type} "
+                f"({lt.error_class}, replays={lt.replay_count}) from {lt.place}"
+            )
     elif sent:
         click.echo(f"{sent / max(elapsed, 1e-9):,.0f} records/s")
 
@@ -188,6 +216,7 @@ def resolve(aggregate: str, skip_to: int, reason: str) -> None:
             await producer.stop()
 
     asyncio.run(send())
-    click.echo(f"resolve of {aggregate} (skip to {skip_to}) sent; the owning worker applies it in order and audits it in {settings.audit_topic}")
-
-
+    click.echo(
+        f"resolve of {aggregate} (skip to {skip_to}) sent; the owning worker applies it in order "
+        f"and audits it in {settings.audit_topic}"
+    )

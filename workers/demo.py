@@ -49,8 +49,16 @@ def scenario(aggregates: int, rng: random.Random) -> tuple[list[tuple[str, int, 
     return events, gap_victim
 
 
-def to_record(aggregate: str, seq: int, event_type: str, data: Any, binary: bool) -> tuple[bytes, list[tuple[str, bytes]], bytes]:
-    attrs: dict[str, Any] = {"id": f"{aggregate}-{seq}", "source": "demo/shop", "type": event_type, "sequence": seq, "data": data}
+def to_record(
+    aggregate: str, seq: int, event_type: str, data: Any, binary: bool
+) -> tuple[bytes, list[tuple[str, bytes]], bytes]:
+    attrs: dict[str, Any] = {
+        "id": f"{aggregate}-{seq}",
+        "source": "demo/shop",
+        "type": event_type,
+        "sequence": seq,
+        "data": data,
+    }
     if event_type == "order.paid":
         attrs["schemaversion"] = 1 if "amount" in data else 2
     headers, value = (encode_binary if binary else encode_structured)(attrs)
@@ -62,15 +70,22 @@ async def _redis_url(settings: Settings, keep: list[subprocess.Popen[bytes]]) ->
     client = Redis.from_url(url, socket_connect_timeout=1)
     try:
         await client.ping()
-        return url
     except Exception:  # noqa: BLE001 - fall back to a private redis-server
         server = shutil.which("redis-server")
         if server is None:
-            raise SystemExit("no Redis at SEQGUARD_REDIS_URL and no redis-server binary (apt-get install redis-server)") from None
+            raise SystemExit(
+                "no Redis at SEQGUARD_REDIS_URL and no redis-server binary (apt-get install redis-server)"
+            ) from None
         port = free_port()
-        keep.append(subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""], stdout=subprocess.DEVNULL))
+        keep.append(
+            subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""], stdout=subprocess.DEVNULL
+            )
+        )
         wait_for_port(port)
         return f"redis://127.0.0.1:{port}/0"
+    else:
+        return url
     finally:
         await client.aclose()
 
@@ -117,7 +132,9 @@ async def _demo(aggregates: int, seed: int, workdir: Path) -> int:
         settings = Settings()
         print(f"embedded broker on {broker.bootstrap}; worker log: {workdir / 'worker.log'}")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker"], stdout=(workdir / "worker.log").open("wb"), stderr=subprocess.STDOUT
+            [sys.executable, "-m", "workers.cli", "worker"],
+            stdout=(workdir / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
         )
         children.append(worker)
         _wait_ready(settings.web_port, worker)
@@ -134,8 +151,10 @@ async def _demo(aggregates: int, seed: int, workdir: Path) -> int:
         for key, headers, value in sent:
             await producer.send(settings.input_topic, value, key=key, headers=headers)
         await producer.stop()
-        print(f"sent {len(sent)} records: {len(events)} events of {aggregates} orders and {aggregates} builds, "
-              f"shuffled, {len(dups)} duplicates, 1 malformed; {gap_victim} never gets sequence 3")
+        print(
+            f"sent {len(sent)} records: {len(events)} events of {aggregates} orders and {aggregates} builds, "
+            f"shuffled, {len(dups)} duplicates, 1 malformed; {gap_victim} never gets sequence 3"
+        )
 
         deadline = time.monotonic() + 60 + GAP_TIMEOUT
         applied: list[Any] = []
@@ -158,7 +177,9 @@ async def _demo(aggregates: int, seed: int, workdir: Path) -> int:
         broker.stop()
 
 
-async def _report(settings: Settings, events: list, sent: list, applied: list, audit: list, dlq: list, metrics: str) -> int:
+async def _report(
+    settings: Settings, events: list, sent: list, applied: list, audit: list, dlq: list, metrics: str
+) -> int:
     from workers.effects import Effects
 
     expected: dict[str, list[int]] = defaultdict(list)
@@ -186,14 +207,18 @@ async def _report(settings: Settings, events: list, sent: list, applied: list, a
         state = await effects.state(domain, agg)
         gap = "-" if agg not in gaps else f"{gaps[agg][0]}..{gaps[agg][1]}"
         mark = "" if in_order else "  <-- WRONG"
-        print(f"{agg:<11} {sent_count[agg]:>4} {sent_count[agg] - len(expected[agg]):>4} {early:>5}  "
-              f"{','.join(map(str, seqs)):<20} {gap:<6} {state}{mark}")
+        print(
+            f"{agg:<11} {sent_count[agg]:>4} {sent_count[agg] - len(expected[agg]):>4} {early:>5}  "
+            f"{','.join(map(str, seqs)):<20} {gap:<6} {state}{mark}"
+        )
     emails = await effects.outbox("emails")
     await redis.aclose()
     total = lambda name: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name))  # noqa: E731
-    print(f"\napplied {int(total('seqguard_events_applied_total'))}, duplicates skipped {int(total('seqguard_events_duplicate_total'))}, "
-          f"buffered out of order {int(total('seqguard_events_out_of_order_total'))}, gaps {int(total('seqguard_gaps_total'))}, "
-          f"dead-lettered {len(dlq)} ({', '.join(_dlq_classes(dlq)) or 'none'}), confirmation emails {len(emails)} for {len(expected) // 2} orders")
+    print(
+        f"\napplied {int(total('seqguard_events_applied_total'))}, duplicates skipped {int(total('seqguard_events_duplicate_total'))}, "
+        f"buffered out of order {int(total('seqguard_events_out_of_order_total'))}, gaps {int(total('seqguard_gaps_total'))}, "
+        f"dead-lettered {len(dlq)} ({', '.join(_dlq_classes(dlq)) or 'none'}), confirmation emails {len(emails)} for {len(expected) // 2} orders"
+    )
     print("every aggregate applied in sequence order" if ok else "ORDER VIOLATED")
     return 0 if ok and len(emails) == len(expected) // 2 else 1
 
@@ -236,9 +261,10 @@ def _wait_ready(port: int, worker: subprocess.Popen[bytes], timeout: float = 60)
             raise SystemExit(f"the worker exited with {worker.returncode}; see its log")
         try:
             _get(port, "/healthz")
-            return
         except OSError:
             time.sleep(0.2)
+        else:
+            return
     raise SystemExit("the worker did not become ready")
 
 

@@ -62,15 +62,19 @@ class HandlerSpec:
                 raise SchemaInvalid(f"{self.type} v{version} data is not an object")
             try:
                 data = step(data)
-            except Exception as exc:  # bad old data (a KeyError...) must dead-letter, not escape the batch
-                raise SchemaInvalid(f"{self.type} v{version} data cannot be upcast: {type(exc).__name__}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - bad old data (a KeyError...) must dead-letter, not escape the batch
+                raise SchemaInvalid(
+                    f"{self.type} v{version} data cannot be upcast: {type(exc).__name__}: {exc}"
+                ) from None
             version += 1
         if self.model is None:
             return data
         try:
             return self.model.model_validate(data)
         except ValidationError as exc:
-            raise SchemaInvalid(f"{self.type} v{version}: {exc.error_count()} error(s): {exc.errors()[0]['msg']}") from None
+            raise SchemaInvalid(
+                f"{self.type} v{version}: {exc.error_count()} error(s): {exc.errors()[0]['msg']}"
+            ) from None
 
 
 class Registry:

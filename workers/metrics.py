@@ -35,12 +35,8 @@ class Metrics:
         r = registry if registry is not None else CollectorRegistry()
         return cls(
             registry=r,
-            received=Counter(
-                "seqguard_events_received", "Input records consumed", ["topic"], registry=r
-            ),
-            applied=Counter(
-                "seqguard_events_applied", "Events applied by their handler", ["type"], registry=r
-            ),
+            received=Counter("seqguard_events_received", "Input records consumed", ["topic"], registry=r),
+            applied=Counter("seqguard_events_applied", "Events applied by their handler", ["type"], registry=r),
             duplicates=Counter(
                 "seqguard_events_duplicate",
                 "Events skipped because their ID was already applied or buffered",
@@ -59,9 +55,7 @@ class Metrics:
                 ["type", "action"],
                 registry=r,
             ),
-            gaps=Counter(
-                "seqguard_gaps", "Sequence gaps given up on after their timeout", ["type"], registry=r
-            ),
+            gaps=Counter("seqguard_gaps", "Sequence gaps given up on after their timeout", ["type"], registry=r),
             gap_events_skipped=Counter(
                 "seqguard_gap_sequences_skipped",
                 "Sequence numbers skipped by gap timeouts or operators",
@@ -74,9 +68,7 @@ class Metrics:
                 ["error_class", "type"],
                 registry=r,
             ),
-            handler_retries=Counter(
-                "seqguard_handler_retries", "Handler attempts retried", ["type"], registry=r
-            ),
+            handler_retries=Counter("seqguard_handler_retries", "Handler attempts retried", ["type"], registry=r),
             handler_seconds=Histogram(
                 "seqguard_handler_duration_seconds",
                 "Handler run time",
@@ -120,7 +112,5 @@ class Metrics:
                 ["error_class"],
                 registry=r,
             ),
-            startup_failures=Counter(
-                "seqguard_startup_failures", "Failed start-up checks", ["check"], registry=r
-            ),
+            startup_failures=Counter("seqguard_startup_failures", "Failed start-up checks", ["check"], registry=r),
         )

@@ -110,7 +110,14 @@ class OrderedProcessor:
 
     async def _process(self, rec: InRecord) -> None:
         try:
-            env = decode(rec.key, rec.value, rec.headers, max_sequence=self.settings.max_sequence, max_bytes=self.settings.max_event_bytes, derive_ids=self.settings.derive_missing_ids)
+            env = decode(
+                rec.key,
+                rec.value,
+                rec.headers,
+                max_sequence=self.settings.max_sequence,
+                max_bytes=self.settings.max_event_bytes,
+                derive_ids=self.settings.derive_missing_ids,
+            )
         except DecodeError as exc:
             await self._dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
             return
@@ -147,7 +154,12 @@ class OrderedProcessor:
         elif verdict is Verdict.LATE:
             await self._late(loaded, env, rec, policy)
         elif verdict is Verdict.CONFLICT:
-            await self._fail(loaded, env, rec, HandlerFailure(ORDER_VIOLATION, f"sequence {env.sequence} is already held by another event", 0))
+            await self._fail(
+                loaded,
+                env,
+                rec,
+                HandlerFailure(ORDER_VIOLATION, f"sequence {env.sequence} is already held by another event", 0),
+            )
         elif verdict is Verdict.OVERFLOW:
             await self._overflow(loaded, env, rec)
 
@@ -155,7 +167,9 @@ class OrderedProcessor:
         next_seq = loaded.agg.seq.next_seq
         action = "applied" if policy.ordering == "warn" else "rejected"
         self.metrics.order_violations.labels(env.type, action).inc()
-        log.warning("late event %s seq %s of %s (next is %s): %s", env.type, env.sequence, env.aggregate_id, next_seq, action)
+        log.warning(
+            "late event %s seq %s of %s (next is %s): %s", env.type, env.sequence, env.aggregate_id, next_seq, action
+        )
         if policy.ordering == "warn":
             await self._apply(loaded, env, rec, policy)
         else:
@@ -166,12 +180,19 @@ class OrderedProcessor:
         if self.settings.overflow_policy == "skip_gap" and len(loaded.agg.buffer):
             # Give up on the oldest gap now, as if its timeout had passed, then try again.
             await self._expire_gaps(loaded, math.inf)
-            if core.receive(loaded.agg, Incoming(env.sequence, env.idempotency_key, env.type), self.policies.for_type(env.type), self.clock(), limits=self.limits) in (Verdict.BUFFERED, Verdict.HELD):
+            if core.receive(
+                loaded.agg,
+                Incoming(env.sequence, env.idempotency_key, env.type),
+                self.policies.for_type(env.type),
+                self.clock(),
+                limits=self.limits,
+            ) in (Verdict.BUFFERED, Verdict.HELD):
                 held = loaded.agg.buffer.get(env.sequence)  # type: ignore[arg-type]
                 assert held is not None
                 held.record = rec.to_json()
                 return
-        msg = f"reorder buffer full ({len(loaded.agg.buffer)} held for this aggregate, {self._buffered[loaded.partition]} in partition {loaded.partition})"
+        in_partition = self._buffered[loaded.partition]
+        msg = f"reorder buffer full ({len(loaded.agg.buffer)} held for this aggregate, {in_partition} in its partition)"
         await self._dead_letter(rec, self._failure(env, HandlerFailure(BUFFER_OVERFLOW, msg, 0)))
 
     # ------------------------------------------------------------------ apply
@@ -186,7 +207,14 @@ class OrderedProcessor:
         self.metrics.applied.labels(env.type).inc()
         if rec.timestamp:
             self.metrics.apply_lag_seconds.observe(max(0.0, time.time() - rec.timestamp))
-        await self._send(self.settings.output_topic, env.aggregate_id.encode(), rec.value, loaded.partition, rec.timestamp, rec.headers)
+        await self._send(
+            self.settings.output_topic,
+            env.aggregate_id.encode(),
+            rec.value,
+            loaded.partition,
+            rec.timestamp,
+            rec.headers,
+        )
 
     async def _drain(self, loaded: Loaded) -> None:
         """Apply buffered events that are now in order."""
@@ -194,17 +222,28 @@ class OrderedProcessor:
             self._buffered[loaded.partition] -= 1
             rec = InRecord.from_json(entry.record)
             try:
-                env = decode(rec.key, rec.value, rec.headers, max_sequence=self.settings.max_sequence, max_bytes=self.settings.max_event_bytes, derive_ids=self.settings.derive_missing_ids)
+                env = decode(
+                    rec.key,
+                    rec.value,
+                    rec.headers,
+                    max_sequence=self.settings.max_sequence,
+                    max_bytes=self.settings.max_event_bytes,
+                    derive_ids=self.settings.derive_missing_ids,
+                )
             except DecodeError as exc:  # it decoded when it was buffered; never expected
                 await self._dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
                 continue
             await self._apply(loaded, env, rec, self.policies.for_type(env.type))
 
-    async def _fail(self, loaded: Loaded, env: Envelope, rec: InRecord, failure: HandlerFailure, policy: Policy | None = None) -> None:
+    async def _fail(
+        self, loaded: Loaded, env: Envelope, rec: InRecord, failure: HandlerFailure, policy: Policy | None = None
+    ) -> None:
         await self._dead_letter(rec, self._failure(env, failure))
         policy = policy or self.policies.for_type(env.type)
         incoming = Incoming(env.sequence, env.idempotency_key, env.type)
-        if failure.error_class != ORDER_VIOLATION and core.failed(loaded.agg, incoming, policy, failure.error_class, self.clock()):
+        if failure.error_class != ORDER_VIOLATION and core.failed(
+            loaded.agg, incoming, policy, failure.error_class, self.clock()
+        ):
             log.warning("aggregate %s parked at sequence %s: %s", env.aggregate_id, env.sequence, failure.error_class)
 
     async def _run_handler(self, env: Envelope) -> HandlerFailure | None:
@@ -284,7 +323,14 @@ class OrderedProcessor:
         for entry in dropped:
             await self._dead_letter(
                 InRecord.from_json(entry.record),
-                Failure(ORDER_VIOLATION, f"dropped by operator resolve --skip-to {skip_to}", 0, key.decode(), entry.seq, entry.type),
+                Failure(
+                    ORDER_VIOLATION,
+                    f"dropped by operator resolve --skip-to {skip_to}",
+                    0,
+                    key.decode(),
+                    entry.seq,
+                    entry.type,
+                ),
             )
         await self._drain(loaded)
 
@@ -360,21 +406,50 @@ class OrderedProcessor:
         except Exception as exc:
             raise CriticalError(f"a produce failed; the batch is not acknowledged: {exc!r}") from exc
 
-    async def _send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, timestamp: float | None, headers: list[tuple[str, bytes]]) -> None:
+    async def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: list[tuple[str, bytes]],
+    ) -> None:
         self._sends.append(await self.producer.send(topic, key, value, partition, timestamp, headers))
 
     def _failure(self, env: Envelope, failure: HandlerFailure) -> Failure:
-        return Failure(failure.error_class, failure.message, failure.attempts, env.aggregate_id, env.sequence, env.type, env.id)
+        return Failure(
+            failure.error_class, failure.message, failure.attempts, env.aggregate_id, env.sequence, env.type, env.id
+        )
 
     async def _dead_letter(self, rec: InRecord, failure: Failure) -> None:
-        source = Source(rec.topic, rec.partition, rec.offset, None if rec.timestamp is None else int(rec.timestamp * 1000), rec.key, rec.value, rec.headers)
+        source = Source(
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            None if rec.timestamp is None else int(rec.timestamp * 1000),
+            rec.key,
+            rec.value,
+            rec.headers,
+        )
         headers = dlq_headers(source, failure, worker_id=self.worker_id, max_message=self.settings.error_message_max)
         self.metrics.dead_lettered.labels(failure.error_class, failure.event_type or "unknown").inc()
         log.warning(
-            "dead-lettered %s:%s@%s as %s: %s", rec.topic, rec.partition, rec.offset, failure.error_class, failure.message[:200]
+            "dead-lettered %s:%s@%s as %s: %s",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            failure.error_class,
+            failure.message[:200],
         )
         await self._send(self.settings.dlq, rec.key, rec.value, None, rec.timestamp, headers)
 
     async def _audit(self, kind: str, key: bytes, **fields: Any) -> None:
-        body = {"kind": kind, "aggregate": key.decode("utf-8", "replace"), "at": self.clock(), "worker": self.worker_id, **fields}
+        body = {
+            "kind": kind,
+            "aggregate": key.decode("utf-8", "replace"),
+            "at": self.clock(),
+            "worker": self.worker_id,
+            **fields,
+        }
         await self._send(self.settings.audit_topic, key, json.dumps(body).encode(), 0, None, [])

@@ -17,7 +17,9 @@ def effective(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
-        out[env_name(name)] = "**********" if isinstance(value, SecretStr) else (str(value) if value is not None else "")
+        out[env_name(name)] = (
+            "**********" if isinstance(value, SecretStr) else (str(value) if value is not None else "")
+        )
     return out
 
 

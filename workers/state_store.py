@@ -67,7 +67,11 @@ class TableStore:
         seq = None if forget else agg.seq.to_json()
         buf = None if forget or not len(agg.buffer) else {"pt": partition, "b": agg.buffer.to_json()}
         seen = None if forget or not len(agg.seen) else dict(agg.seen.to_json())
-        for table, old, new in ((self.sequence, before.seq, seq), (self.reorder, before.buffer, buf), (self.seen, before.seen, seen)):
+        for table, old, new in (
+            (self.sequence, before.seq, seq),
+            (self.reorder, before.buffer, buf),
+            (self.seen, before.seen, seen),
+        ):
             if new != old:
                 await self._write(table, key, new, partition)
 
@@ -95,7 +99,10 @@ class TableStore:
         for fut in pending:
             await fut  # raises the produce error, if any
         if self.seal and self._last:
-            seals = [await self.producer.send(topic, key, raw, partition, None, None) for (topic, partition), (key, raw) in self._last.items()]
+            seals = [
+                await self.producer.send(topic, key, raw, partition, None, None)
+                for (topic, partition), (key, raw) in self._last.items()
+            ]
             await self.producer.flush()
             for fut in seals:
                 await fut

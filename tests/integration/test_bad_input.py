@@ -9,7 +9,16 @@ import time
 
 from aiokafka import AIOKafkaProducer
 
-from tests.harness import Deployment, Worker, consume_all, event, metric_value, produce, shuffled_within, with_duplicates
+from tests.harness import (
+    Deployment,
+    Worker,
+    consume_all,
+    event,
+    metric_value,
+    produce,
+    shuffled_within,
+    with_duplicates,
+)
 from workers.envelope import encode_binary, encode_structured
 
 DOMAINS = "workers.domains.orders,tests.integration.flaky_builds"
@@ -48,9 +57,33 @@ def bad_records() -> list[tuple[str, bytes | None, list, bytes | None]]:
         ("deserialization_failed", b"a-binary-header", bin_h, bin_v),
         ("deserialization_failed", b"a-too-big", CE, structured({**ok, "sequence": 1, "data": {"pad": "x" * 20_000}})),
         ("deserialization_failed", b"a-empty", [], None),
-        ("schema_invalid", b"o-bad-data", CE, structured({"id": "p", "source": "t", "type": "order.paid", "sequence": 1, "schemaversion": 2, "data": {"amount_cents": "lots"}})),
-        ("schema_invalid", b"o-v9", CE, structured({"id": "p", "source": "t", "type": "order.paid", "sequence": 1, "schemaversion": 9, "data": {}})),
-        ("handler_exception", b"o-shipped-first", CE, structured({"id": "s", "source": "t", "type": "order.shipped", "sequence": 1})),
+        (
+            "schema_invalid",
+            b"o-bad-data",
+            CE,
+            structured(
+                {
+                    "id": "p",
+                    "source": "t",
+                    "type": "order.paid",
+                    "sequence": 1,
+                    "schemaversion": 2,
+                    "data": {"amount_cents": "lots"},
+                }
+            ),
+        ),
+        (
+            "schema_invalid",
+            b"o-v9",
+            CE,
+            structured({"id": "p", "source": "t", "type": "order.paid", "sequence": 1, "schemaversion": 9, "data": {}}),
+        ),
+        (
+            "handler_exception",
+            b"o-shipped-first",
+            CE,
+            structured({"id": "s", "source": "t", "type": "order.shipped", "sequence": 1}),
+        ),
         ("timeout_exceeded", b"s1", slow_h, slow_v),
     ]
 
@@ -96,7 +129,16 @@ async def test_every_kind_of_bad_input_is_dead_lettered_with_its_class(broker, r
         assert got == expected
         assert worker.proc.poll() is None, "the worker must survive bad input"
         h = {k: v.decode() for k, v in dlq[0].headers}
-        for name in ("original-topic", "original-timestamp", "error-message", "attempts", "first-failure", "last-failure", "replay-count", "worker-id"):
+        for name in (
+            "original-topic",
+            "original-timestamp",
+            "error-message",
+            "attempts",
+            "first-failure",
+            "last-failure",
+            "replay-count",
+            "worker-id",
+        ):
             assert f"seqguard-{name}" in h
         timeout_rec = next(r for r in dlq if r.key == b"s1")
         th = {k: v.decode() for k, v in timeout_rec.headers}
@@ -145,10 +187,10 @@ async def test_ten_thousand_mixed_records_all_accounted_for(broker, redis_url) -
         assert worker.proc.poll() is None
     finally:
         worker.stop()
-    print(f"\nreceived {len(stream)} = applied {len(applied)} + duplicates {duplicates:.0f} + dead-lettered {len(dead)} + buffered {buffered}")
+    print(
+        f"\nreceived {len(stream)} = applied {len(applied)} + duplicates {duplicates:.0f} + dead-lettered {len(dead)} + buffered {buffered}"
+    )
     assert len(applied) + duplicates + len(dead) + buffered == len(stream)
     assert len(dead) > 500 and buffered > 0 and duplicates > 0
     assert metric_value(metrics, "seqguard_events_applied_total") == len(applied)
     assert metric_value(metrics, "seqguard_dead_lettered_total") == len(dead)
-
-

@@ -49,14 +49,17 @@ HANDLED = [f"{s}:{t}" for s, t in LIFECYCLE.items() if t != "order.note"]
 
 def order_events(rng: random.Random) -> tuple[list[Any], list[Any]]:
     """Two halves of a shuffled, 5%-duplicated stream; each aggregate's events split across both."""
+
     def one(a: int, s: int) -> Any:
         data: dict[str, Any] = {"amount_cents": 100 + a, "currency": "EUR"} if s == 2 else {"n": s}
         return event(f"order-{a}", s, LIFECYCLE[s], data, schemaversion=2 if s == 2 else 1)
 
     first = [one(a, s) for s in range(1, 6) for a in range(AGGREGATES)]
     second = [one(a, s) for s in range(6, 11) for a in range(AGGREGATES)]
-    return (with_duplicates(shuffled_within(first, 2_000, rng), 0.05, rng),
-            with_duplicates(shuffled_within(second, 2_000, rng), 0.05, rng))
+    return (
+        with_duplicates(shuffled_within(first, 2_000, rng), 0.05, rng),
+        with_duplicates(shuffled_within(second, 2_000, rng), 0.05, rng),
+    )
 
 
 async def changelog_content(bootstrap: str, settings: Any) -> dict[str, dict[str, Any]]:
@@ -99,7 +102,9 @@ def diff(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str
 
 @pytest.mark.fault
 @pytest.mark.timeout(600)
-async def test_sigkilled_worker_loses_nothing_and_recovers_tables_key_by_key(deployment: Deployment, broker, redis_url) -> None:
+async def test_sigkilled_worker_loses_nothing_and_recovers_tables_key_by_key(
+    deployment: Deployment, broker, redis_url
+) -> None:
     rng = random.Random(2)
     first, second = order_events(rng)
     settings = deployment.settings()

@@ -22,13 +22,17 @@ DOMAINS = "workers.domains.orders,tests.integration.flaky_builds"
 def seqguard(deployment: Deployment, *args: str) -> dict:
     """Run the CLI as an operator would; return its --json output."""
     env = {**os.environ, **deployment.env(SEQGUARD_DOMAINS=DOMAINS)}
-    proc = subprocess.run([sys.executable, "-m", "workers.cli", *args, "--json"], env=env, cwd=ROOT, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args, "--json"], env=env, cwd=ROOT, capture_output=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
 
 
 def applied_sequences(records: list, aggregate: str) -> list[int]:
-    return [json.loads(r.value)["sequence"] for r in sorted(records, key=lambda r: r.offset) if r.key.decode() == aggregate]
+    return [
+        json.loads(r.value)["sequence"] for r in sorted(records, key=lambda r: r.offset) if r.key.decode() == aggregate
+    ]
 
 
 async def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
@@ -39,7 +43,9 @@ async def wait_for(predicate, timeout: float = 30.0, what: str = "condition") ->
 
 
 async def test_failed_progress_parks_build_until_replay_applies_it_in_order(broker, redis_url) -> None:
-    deployment = Deployment(broker.url, redis_url, extra={"SEQGUARD_DOMAINS": DOMAINS, "SEQGUARD_RETRY_BASE_DELAY": "0.05"})
+    deployment = Deployment(
+        broker.url, redis_url, extra={"SEQGUARD_DOMAINS": DOMAINS, "SEQGUARD_RETRY_BASE_DELAY": "0.05"}
+    )
     await deployment.create_topics()
     settings = deployment.settings()
     redis = Redis.from_url(redis_url)
@@ -49,7 +55,11 @@ async def test_failed_progress_parks_build_until_replay_applies_it_in_order(brok
     worker = Worker(deployment)
     try:
         await worker.ready()
-        await produce(broker.bootstrap, settings.input_topic, [event(build, 1, "build.start"), event(build, 2, "build.progress", {"pct": 50})])
+        await produce(
+            broker.bootstrap,
+            settings.input_topic,
+            [event(build, 1, "build.start"), event(build, 2, "build.progress", {"pct": 50})],
+        )
 
         async def progress_dead_lettered() -> bool:
             return metric_value(worker.metrics(), "seqguard_dead_lettered_total", error_class="handler_exception") >= 1
@@ -59,7 +69,10 @@ async def test_failed_progress_parks_build_until_replay_applies_it_in_order(brok
             broker.bootstrap,
             settings.input_topic,
             [event(build, 3, "build.complete"), event(build, 4, "service.create")]
-            + [event(other, s, t) for s, t in enumerate(["build.start", "build.progress", "build.complete", "service.create"], 1)],
+            + [
+                event(other, s, t)
+                for s, t in enumerate(["build.start", "build.progress", "build.complete", "service.create"], 1)
+            ],
         )
         # Other builds flow; build-42 holds 3 and 4 (not applied) while 2 is in the DLQ.
         out = await consume_all(broker.bootstrap, settings.output_topic, expect=5, timeout=30)
@@ -86,7 +99,12 @@ async def test_failed_progress_parks_build_until_replay_applies_it_in_order(brok
 
         out = await consume_all(broker.bootstrap, settings.output_topic, expect=8, timeout=30)
         assert applied_sequences(out, build) == [1, 2, 3, 4]
-        assert await effects.history("build", build) == ["1:build.start", "2:build.progress", "3:build.complete", "4:service.create"]
+        assert await effects.history("build", build) == [
+            "1:build.start",
+            "2:build.progress",
+            "3:build.complete",
+            "4:service.create",
+        ]
         assert await effects.state("build", build) == "service_created"
         assert worker.tables()["sequence"][build]["p"] is None
 
@@ -99,10 +117,15 @@ async def test_failed_progress_parks_build_until_replay_applies_it_in_order(brok
         await redis.aclose()
 
 
-async def test_v1_and_v2_events_of_one_type_both_apply_through_the_upcaster(deployment: Deployment, broker, redis_url) -> None:
+async def test_v1_and_v2_events_of_one_type_both_apply_through_the_upcaster(
+    deployment: Deployment, broker, redis_url
+) -> None:
     settings = deployment.settings()
     v1 = [event("ord-v1", 1, "order.created"), event("ord-v1", 2, "order.paid", {"amount": 12.5}, schemaversion=1)]
-    v2 = [event("ord-v2", 1, "order.created"), event("ord-v2", 2, "order.paid", {"amount_cents": 1250, "currency": "USD"}, schemaversion=2)]
+    v2 = [
+        event("ord-v2", 1, "order.created"),
+        event("ord-v2", 2, "order.paid", {"amount_cents": 1250, "currency": "USD"}, schemaversion=2),
+    ]
     worker = Worker(deployment)
     try:
         await worker.ready()
@@ -125,7 +148,11 @@ async def test_v1_and_v2_events_of_one_type_both_apply_through_the_upcaster(depl
 
 
 async def test_refailing_replay_returns_to_dlq_with_count_and_stops_at_the_limit(broker, redis_url) -> None:
-    deployment = Deployment(broker.url, redis_url, extra={"SEQGUARD_DOMAINS": DOMAINS, "SEQGUARD_RETRY_BASE_DELAY": "0.01", "SEQGUARD_MAX_REPLAYS": "2"})
+    deployment = Deployment(
+        broker.url,
+        redis_url,
+        extra={"SEQGUARD_DOMAINS": DOMAINS, "SEQGUARD_RETRY_BASE_DELAY": "0.01", "SEQGUARD_MAX_REPLAYS": "2"},
+    )
     await deployment.create_topics()
     settings = deployment.settings()
     redis = Redis.from_url(redis_url)
@@ -134,7 +161,9 @@ async def test_refailing_replay_returns_to_dlq_with_count_and_stops_at_the_limit
     worker = Worker(deployment)
     try:
         await worker.ready()
-        await produce(broker.bootstrap, settings.input_topic, [event(build, 1, "build.start"), event(build, 2, "build.progress")])
+        await produce(
+            broker.bootstrap, settings.input_topic, [event(build, 1, "build.start"), event(build, 2, "build.progress")]
+        )
         for expected_records in (1, 2, 3):
             dlq = await consume_all(broker.bootstrap, settings.dlq, expect=expected_records, timeout=30, quiet=1)
             assert len(dlq) == expected_records
@@ -150,13 +179,31 @@ async def test_refailing_replay_returns_to_dlq_with_count_and_stops_at_the_limit
         await produce(broker.bootstrap, settings.input_topic, [event(build, 3, "build.note", id="c3")])  # no handler
         env = {**os.environ, **deployment.env()}
         proc = subprocess.run(
-            [sys.executable, "-m", "workers.cli", "aggregates", "resolve", build, "--skip-to", "3", "--reason", "progress lost upstream"],
-            env=env, cwd=ROOT, capture_output=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "workers.cli",
+                "aggregates",
+                "resolve",
+                build,
+                "--skip-to",
+                "3",
+                "--reason",
+                "progress lost upstream",
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
         )
         assert proc.returncode == 0, proc.stderr.decode()
         audit = await consume_all(broker.bootstrap, settings.audit_topic, expect=1, timeout=30)
         record = json.loads(audit[-1].value)
-        assert record["kind"] == "resolved" and record["skipped"] == [2, 2] and record["reason"] == "progress lost upstream"
+        assert (
+            record["kind"] == "resolved"
+            and record["skipped"] == [2, 2]
+            and record["reason"] == "progress lost upstream"
+        )
         out = await consume_all(broker.bootstrap, settings.output_topic, expect=2, timeout=30)
         assert applied_sequences(out, build) == [1, 3]
         assert worker.tables()["sequence"][build]["p"] is None

@@ -23,7 +23,11 @@ PER_AGGREGATE = 10
 
 def scenario(rng: random.Random) -> tuple[list, int]:
     """10,000 events over 1,000 aggregates, shuffled within a window, 5% duplicated."""
-    in_order = [event(f"acct-{a}", s, "account.updated", {"n": s}) for s in range(1, PER_AGGREGATE + 1) for a in range(AGGREGATES)]
+    in_order = [
+        event(f"acct-{a}", s, "account.updated", {"n": s})
+        for s in range(1, PER_AGGREGATE + 1)
+        for a in range(AGGREGATES)
+    ]
     records = with_duplicates(shuffled_within(in_order, 3_000, rng), 0.05, rng)
     return records, len(in_order)
 

@@ -14,7 +14,16 @@ import time
 
 import pytest
 
-from tests.harness import Deployment, Worker, consume_all, event, metric_value, produce, shuffled_within, with_duplicates
+from tests.harness import (
+    Deployment,
+    Worker,
+    consume_all,
+    event,
+    metric_value,
+    produce,
+    shuffled_within,
+    with_duplicates,
+)
 
 AGGREGATES = 500
 PER_AGGREGATE = 20

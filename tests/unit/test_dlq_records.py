@@ -39,7 +39,14 @@ class FakeRecord:
 
 
 def source(headers: list[tuple[str, bytes]] | None = None, **over) -> Source:
-    fields = {"topic": "seqguard.events", "partition": 3, "offset": 41, "timestamp_ms": 1_700_000_000_000, "key": b"order-1", "value": b"{}"}
+    fields = {
+        "topic": "seqguard.events",
+        "partition": 3,
+        "offset": 41,
+        "timestamp_ms": 1_700_000_000_000,
+        "key": b"order-1",
+        "value": b"{}",
+    }
     fields.update(over)
     return Source(headers=list(PRODUCER_HEADERS if headers is None else headers), **fields)
 
@@ -51,12 +58,16 @@ def failure(**over) -> Failure:
     return Failure(**fields)
 
 
-def headers_of(src: Source | None = None, fail: Failure | None = None, *, now: float = 1000.0, max_message: int = 1000) -> dict[str, str]:
+def headers_of(
+    src: Source | None = None, fail: Failure | None = None, *, now: float = 1000.0, max_message: int = 1000
+) -> dict[str, str]:
     built = dlq_headers(src or source(), fail or failure(), worker_id="host:1", max_message=max_message, now=now)
     return {k: v.decode() for k, v in built if k.startswith(r.PREFIX)}
 
 
-def dead_letter(src: Source | None = None, fail: Failure | None = None, *, now: float = 1000.0, dlq_offset: int = 7) -> DeadLetter:
+def dead_letter(
+    src: Source | None = None, fail: Failure | None = None, *, now: float = 1000.0, dlq_offset: int = 7
+) -> DeadLetter:
     src = src or source()
     built = dlq_headers(src, fail or failure(), worker_id="host:1", max_message=1000, now=now)
     return DeadLetter.from_record(FakeRecord("seqguard.events.dlq", 0, dlq_offset, src.key, src.value, built))
@@ -64,7 +75,9 @@ def dead_letter(src: Source | None = None, fail: Failure | None = None, *, now: 
 
 def replayed(letter: DeadLetter, *, topic: str = "seqguard.events", partition: int = 5, offset: int = 900) -> Source:
     """The record a replay republishes, as the worker reads it back from the input topic."""
-    return Source(topic, partition, offset, letter.original_timestamp, letter.key, letter.value, letter.replay_headers())
+    return Source(
+        topic, partition, offset, letter.original_timestamp, letter.key, letter.value, letter.replay_headers()
+    )
 
 
 def letter(aggregate: str = "a", sequence: int | None = 1, ts: int | None = 10, *, replays: int = 0, error: str = "handler_exception",
@@ -88,7 +101,7 @@ def test_dlq_headers_add_every_seqguard_header() -> None:
 def test_dlq_headers_keep_the_original_headers_first_and_in_order() -> None:
     built = dlq_headers(source(), failure(), worker_id="w", max_message=100, now=1.0)
     assert built[: len(PRODUCER_HEADERS)] == PRODUCER_HEADERS
-    assert {k for k, _ in built[len(PRODUCER_HEADERS):]} == OURS
+    assert {k for k, _ in built[len(PRODUCER_HEADERS) :]} == OURS
 
 
 def test_dlq_headers_record_where_the_record_came_from_and_why_it_failed() -> None:
@@ -113,7 +126,13 @@ def test_dlq_headers_record_where_the_record_came_from_and_why_it_failed() -> No
 
 def test_dlq_headers_of_an_undecodable_record_leave_unknown_fields_empty() -> None:
     got = headers_of(source(timestamp_ms=None), Failure("deserialization_failed", "not JSON"))
-    assert [got[h] for h in (r.ORIGINAL_TIMESTAMP, r.AGGREGATE_ID, r.SEQUENCE, r.EVENT_TYPE, r.EVENT_ID)] == ["", "", "", "", ""]
+    assert [got[h] for h in (r.ORIGINAL_TIMESTAMP, r.AGGREGATE_ID, r.SEQUENCE, r.EVENT_TYPE, r.EVENT_ID)] == [
+        "",
+        "",
+        "",
+        "",
+        "",
+    ]
     assert got[r.ATTEMPTS] == "1"
 
 
@@ -134,7 +153,9 @@ def test_dlq_headers_replace_stale_seqguard_headers_from_the_input() -> None:
 
 
 def test_dlq_headers_tolerate_null_header_values() -> None:
-    built = dlq_headers(source([("traceparent", None), (r.REPLAY_COUNT, None)]), failure(), worker_id="w", max_message=100, now=1.0)
+    built = dlq_headers(
+        source([("traceparent", None), (r.REPLAY_COUNT, None)]), failure(), worker_id="w", max_message=100, now=1.0
+    )
     assert ("traceparent", None) in built and header(built, r.REPLAY_COUNT) == "0"
 
 
@@ -149,13 +170,21 @@ def test_replayed_record_keeps_the_replay_count_it_carries() -> None:
 
 def test_replayed_record_keeps_the_original_topic_partition_and_offset() -> None:
     again = headers_of(replayed(dead_letter(), partition=6, offset=9999), now=2000.0)
-    assert (again[r.ORIGINAL_TOPIC], again[r.ORIGINAL_PARTITION], again[r.ORIGINAL_OFFSET]) == ("seqguard.events", "3", "41")
+    assert (again[r.ORIGINAL_TOPIC], again[r.ORIGINAL_PARTITION], again[r.ORIGINAL_OFFSET]) == (
+        "seqguard.events",
+        "3",
+        "41",
+    )
 
 
 def test_replayed_record_keeps_the_original_place_through_the_repartition_topic() -> None:
     first = dead_letter(source(topic=SETTINGS.repartition_topic, partition=2, offset=8))
     again = headers_of(replayed(first, topic="seqguard.events", partition=0, offset=77), now=2000.0)
-    assert (again[r.ORIGINAL_TOPIC], again[r.ORIGINAL_PARTITION], again[r.ORIGINAL_OFFSET]) == (SETTINGS.repartition_topic, "2", "8")
+    assert (again[r.ORIGINAL_TOPIC], again[r.ORIGINAL_PARTITION], again[r.ORIGINAL_OFFSET]) == (
+        SETTINGS.repartition_topic,
+        "2",
+        "8",
+    )
 
 
 def test_second_replay_counts_two_and_still_keeps_the_first_failure() -> None:
@@ -202,19 +231,37 @@ def test_from_record_parses_seqguard_headers_into_meta() -> None:
 def test_from_record_keeps_key_value_headers_and_place() -> None:
     record = FakeRecord("t.dlq", 2, 17, b"k", b"v", [("h", b"1")])
     dl = DeadLetter.from_record(record)
-    assert (dl.dlq_topic, dl.dlq_partition, dl.dlq_offset, dl.key, dl.value, dl.headers) == ("t.dlq", 2, 17, b"k", b"v", [("h", b"1")])
+    assert (dl.dlq_topic, dl.dlq_partition, dl.dlq_offset, dl.key, dl.value, dl.headers) == (
+        "t.dlq",
+        2,
+        17,
+        b"k",
+        b"v",
+        [("h", b"1")],
+    )
     assert dl.place == "t.dlq:2:17"
 
 
 def test_from_record_without_headers_has_empty_meta_and_defaults() -> None:
     dl = DeadLetter.from_record(FakeRecord("t.dlq", 0, 0, None, None, None))
     assert (dl.headers, dl.meta, dl.error_class, dl.aggregate_id, dl.event_type) == ([], {}, "", "", "")
-    assert (dl.sequence, dl.original_timestamp, dl.replay_count, dl.last_failure, dl.original_topic) == (None, None, 0, 0.0, "")
+    assert (dl.sequence, dl.original_timestamp, dl.replay_count, dl.last_failure, dl.original_topic) == (
+        None,
+        None,
+        0,
+        0.0,
+        "",
+    )
 
 
 def test_from_record_typed_properties() -> None:
     dl = dead_letter(now=1234.5)
-    assert (dl.error_class, dl.aggregate_id, dl.event_type, dl.original_topic) == ("handler_exception", "order-1", "order.paid", "seqguard.events")
+    assert (dl.error_class, dl.aggregate_id, dl.event_type, dl.original_topic) == (
+        "handler_exception",
+        "order-1",
+        "order.paid",
+        "seqguard.events",
+    )
     assert (dl.sequence, dl.original_timestamp, dl.replay_count, dl.last_failure) == (2, 1_700_000_000_000, 0, 1234.5)
 
 
@@ -236,7 +283,11 @@ def test_from_record_non_utf8_header_value_is_replaced_not_fatal() -> None:
 
 def test_summary_shows_place_key_and_meta() -> None:
     summary = dead_letter().summary()
-    assert (summary["place"], summary["key"], summary["error-class"]) == ("seqguard.events.dlq:0:7", "order-1", "handler_exception")
+    assert (summary["place"], summary["key"], summary["error-class"]) == (
+        "seqguard.events.dlq:0:7",
+        "order-1",
+        "handler_exception",
+    )
 
 
 def test_replay_headers_strip_old_seqguard_headers_and_keep_the_producer_ones() -> None:
@@ -254,7 +305,10 @@ def test_replay_headers_increment_the_replay_count() -> None:
 
 def test_replay_headers_carry_first_failure_origin_and_where_the_replay_came_from() -> None:
     out = dead_letter(now=1000.0).replay_headers()
-    carried = {k: header(out, k) for k in (r.FIRST_FAILURE, r.REPLAYED_FROM, r.ORIGINAL_TOPIC, r.ORIGINAL_PARTITION, r.ORIGINAL_OFFSET)}
+    carried = {
+        k: header(out, k)
+        for k in (r.FIRST_FAILURE, r.REPLAYED_FROM, r.ORIGINAL_TOPIC, r.ORIGINAL_PARTITION, r.ORIGINAL_OFFSET)
+    }
     assert carried == {
         r.FIRST_FAILURE: "1000.000",
         r.REPLAYED_FROM: "seqguard.events.dlq:0:7",
@@ -396,7 +450,9 @@ def test_plan_is_sorted_and_a_partition_of_the_input(specs, replayed_mask, max_r
 
     keys = [sort_key(x) for x in plan.replay]
     assert keys == sorted(keys)
-    assert [(x.aggregate_id, x.sequence or 2**63) for x in plan.replay] == sorted((x.aggregate_id, x.sequence or 2**63) for x in plan.replay)
+    assert [(x.aggregate_id, x.sequence or 2**63) for x in plan.replay] == sorted(
+        (x.aggregate_id, x.sequence or 2**63) for x in plan.replay
+    )
     chosen = [x.place for x in plan.replay + plan.over_limit]
     assert len(chosen) == len(set(chosen))
     assert len(chosen) + plan.already_replayed + plan.not_matching == len(letters)
@@ -415,11 +471,17 @@ def test_target_is_the_original_topic_and_partition() -> None:
 
 
 def test_target_maps_a_repartition_topic_record_back_to_the_input_topic_unpinned() -> None:
-    assert target(dead_letter(source(topic=SETTINGS.repartition_topic, partition=5)), SETTINGS) == ("seqguard.events", None)
+    assert target(dead_letter(source(topic=SETTINGS.repartition_topic, partition=5)), SETTINGS) == (
+        "seqguard.events",
+        None,
+    )
 
 
 def test_target_of_a_record_without_origin_is_the_input_topic_unpinned() -> None:
-    assert target(DeadLetter.from_record(FakeRecord("seqguard.events.dlq", 0, 0, None, None)), SETTINGS) == ("seqguard.events", None)
+    assert target(DeadLetter.from_record(FakeRecord("seqguard.events.dlq", 0, 0, None, None)), SETTINGS) == (
+        "seqguard.events",
+        None,
+    )
 
 
 def test_target_keeps_another_original_topic() -> None:
@@ -433,4 +495,7 @@ def test_repartition_topic_is_derived_from_app_id_and_input_topic() -> None:
 @pytest.mark.parametrize("partition", ["", "x", "-1"])
 def test_target_with_an_unusable_original_partition_is_unpinned(partition: str) -> None:
     headers = [(r.ORIGINAL_TOPIC, b"seqguard.events"), (r.ORIGINAL_PARTITION, partition.encode())]
-    assert target(DeadLetter.from_record(FakeRecord("d", 0, 0, None, None, headers)), SETTINGS) == ("seqguard.events", None)
+    assert target(DeadLetter.from_record(FakeRecord("d", 0, 0, None, None, headers)), SETTINGS) == (
+        "seqguard.events",
+        None,
+    )

@@ -106,7 +106,13 @@ def test_binary_mode_is_recognised_by_the_ce_specversion_header_alone() -> None:
 
 
 def test_binary_header_names_are_case_insensitive() -> None:
-    headers = [("CE_SpecVersion", b"1.0"), ("CE_ID", b"1"), ("Ce_Source", b"s"), ("ce_TYPE", b"t"), ("Content-Type", b"application/json")]
+    headers = [
+        ("CE_SpecVersion", b"1.0"),
+        ("CE_ID", b"1"),
+        ("Ce_Source", b"s"),
+        ("ce_TYPE", b"t"),
+        ("Content-Type", b"application/json"),
+    ]
     env = decode(KEY, b"[1]", headers)
     assert (env.id, env.source, env.type, env.data) == ("1", "s", "t", [1])
 
@@ -118,7 +124,13 @@ def test_binary_mode_repeated_header_last_one_wins() -> None:
 
 
 def test_binary_mode_non_json_content_type_keeps_data_as_text() -> None:
-    headers = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"), ("ce_type", b"t"), ("content-type", b"text/plain")]
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"1"),
+        ("ce_source", b"s"),
+        ("ce_type", b"t"),
+        ("content-type", b"text/plain"),
+    ]
     env = decode(KEY, b"not { json", headers)
     assert env.data == "not { json"
 
@@ -384,7 +396,12 @@ def test_empty_record_without_ce_headers_is_rejected() -> None:
 
 
 def test_content_type_neither_structured_nor_binary_is_rejected() -> None:
-    rejects("content-type b'application/json' is neither structured CloudEvents nor binary mode", KEY, structured_value(), [("content-type", b"application/json")])
+    rejects(
+        "content-type b'application/json' is neither structured CloudEvents nor binary mode",
+        KEY,
+        structured_value(),
+        [("content-type", b"application/json")],
+    )
 
 
 def test_data_base64_is_rejected() -> None:
@@ -489,14 +506,27 @@ def test_given_id_is_kept_and_not_marked_derived() -> None:
 # --------------------------------------------------------------------------- properties
 
 HEADER_NAMES = st.sampled_from(
-    ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_sequence", "ce_partitionkey", "ce_schemaversion", "content-type", "CE_Type", "x-other"]
+    [
+        "ce_specversion",
+        "ce_id",
+        "ce_source",
+        "ce_type",
+        "ce_sequence",
+        "ce_partitionkey",
+        "ce_schemaversion",
+        "content-type",
+        "CE_Type",
+        "x-other",
+    ]
 )
 HEADER_VALUES = st.one_of(
     st.none(),
     st.binary(max_size=30),
     st.sampled_from([b"1.0", b"application/cloudevents+json", b"application/json", b"text/plain", b"7", b"-1", b"x"]),
 )
-HEADERS = st.one_of(st.none(), st.lists(st.tuples(st.one_of(HEADER_NAMES, st.text(max_size=10)), HEADER_VALUES), max_size=8))
+HEADERS = st.one_of(
+    st.none(), st.lists(st.tuples(st.one_of(HEADER_NAMES, st.text(max_size=10)), HEADER_VALUES), max_size=8)
+)
 
 ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=10)  # lone surrogates included
 JSON = st.recursive(
@@ -520,7 +550,11 @@ def _decode_or_decode_error(key: bytes | None, value: bytes | None, headers: lis
 
 
 @settings(max_examples=400, deadline=None)
-@given(key=st.one_of(st.none(), st.binary(max_size=20)), value=st.one_of(st.none(), st.binary(max_size=200)), headers=HEADERS)
+@given(
+    key=st.one_of(st.none(), st.binary(max_size=20)),
+    value=st.one_of(st.none(), st.binary(max_size=200)),
+    headers=HEADERS,
+)
 def test_decode_of_arbitrary_bytes_raises_nothing_but_decode_error(key, value, headers) -> None:
     _decode_or_decode_error(key, value, headers)
 
@@ -538,7 +572,10 @@ def test_decode_of_arbitrary_json_objects_raises_nothing_but_decode_error(key, d
 
 
 @settings(max_examples=200, deadline=None)
-@given(attributes=st.dictionaries(ATTR_NAMES, st.text(max_size=8) | st.integers(-3, 3), max_size=9), data=st.binary(max_size=40))
+@given(
+    attributes=st.dictionaries(ATTR_NAMES, st.text(max_size=8) | st.integers(-3, 3), max_size=9),
+    data=st.binary(max_size=40),
+)
 def test_decode_of_arbitrary_binary_mode_headers_raises_nothing_but_decode_error(attributes, data) -> None:
     headers = [("ce_specversion", b"1.0")] + [(f"ce_{k}", str(v).encode()) for k, v in attributes.items()]
     _decode_or_decode_error(KEY, data, headers)
@@ -554,11 +591,21 @@ def test_decode_of_arbitrary_binary_mode_headers_raises_nothing_but_decode_error
     data=JSON.filter(lambda d: d == d),  # NaN is not equal to itself
     binary=st.booleans(),
 )
-def test_encoded_events_decode_to_the_same_attributes(source, type_, event_id, aggregate, sequence, data, binary) -> None:
+def test_encoded_events_decode_to_the_same_attributes(
+    source, type_, event_id, aggregate, sequence, data, binary
+) -> None:
     encode = encode_binary if binary else encode_structured
-    headers, value = encode({"id": event_id, "source": source, "type": type_, "partitionkey": aggregate, "sequence": sequence, "data": data})
+    headers, value = encode(
+        {"id": event_id, "source": source, "type": type_, "partitionkey": aggregate, "sequence": sequence, "data": data}
+    )
     env = decode(None, value, headers)
-    assert (env.id, env.source, env.type, env.aggregate_id, env.sequence) == (event_id, source, type_, aggregate, sequence)
+    assert (env.id, env.source, env.type, env.aggregate_id, env.sequence) == (
+        event_id,
+        source,
+        type_,
+        aggregate,
+        sequence,
+    )
     assert json.dumps(env.data, sort_keys=True) == json.dumps(data, sort_keys=True)
     assert env.binary is binary
 

@@ -21,7 +21,9 @@ BUILD_TYPES = {"build.start", "build.progress", "build.complete", "service.creat
 
 
 def event(data: Any, *, version: int = 1, type_: str = "thing.happened") -> Envelope:
-    return Envelope(id="e1", source="test", type=type_, aggregate_id="a1", sequence=1, data=data, schema_version=version)
+    return Envelope(
+        id="e1", source="test", type=type_, aggregate_id="a1", sequence=1, data=data, schema_version=version
+    )
 
 
 async def noop(event: Envelope, data: Any, ctx: Context) -> None:
@@ -69,7 +71,11 @@ def test_handler_decorator_registers_a_spec_and_returns_the_function() -> None:
     assert returned is noop
     registered = spec(registry)
     assert (registered.type, registered.fn, registered.model, registered.version, registered.timeout) == (
-        "thing.happened", noop, ThingV3, 3, 2.5,
+        "thing.happened",
+        noop,
+        ThingV3,
+        3,
+        2.5,
     )
 
 
@@ -195,7 +201,9 @@ def test_data_the_model_refuses_is_schema_invalid_with_the_error_count() -> None
 
 
 def test_model_failure_after_upcasting_names_the_current_version() -> None:
-    with pytest.raises(SchemaInvalid, match=r"thing.happened v3: 1 error\(s\): Input should be greater than or equal to 0"):
+    with pytest.raises(
+        SchemaInvalid, match=r"thing.happened v3: 1 error\(s\): Input should be greater than or equal to 0"
+    ):
         spec(three_version_registry()).prepare(event({"name": "n", "size_m": -1}, version=1))
 
 
@@ -283,4 +291,6 @@ def test_order_paid_v1_with_a_negative_amount_is_schema_invalid() -> None:
 
 def test_order_paid_with_a_currency_that_is_not_three_letters_is_schema_invalid() -> None:
     with pytest.raises(SchemaInvalid, match=r"order.paid v2: 1 error\(s\)"):
-        spec(orders.registry, "order.paid").prepare(event({"amount_cents": 1, "currency": "EURO"}, version=2, type_="order.paid"))
+        spec(orders.registry, "order.paid").prepare(
+            event({"amount_cents": 1, "currency": "EURO"}, version=2, type_="order.paid")
+        )

@@ -21,7 +21,13 @@ from workers.settings import Settings
 
 
 def settings(**over) -> Settings:
-    fields = {"default_ordering": "ordered", "gap_timeout": 30.0, "gap_policy": "skip", "start_policy": "from_one", "dlq_auto_replay": ""}
+    fields = {
+        "default_ordering": "ordered",
+        "gap_timeout": 30.0,
+        "gap_policy": "skip",
+        "start_policy": "from_one",
+        "dlq_auto_replay": "",
+    }
     fields.update(over)
     return Settings(**fields)
 
@@ -38,17 +44,23 @@ def json_file(tmp_path: Path, doc: object) -> Path:
     return path
 
 
-def letter(error: str = "timeout_exceeded", event_type: str = "order.paid", *, replays: int = 0, last_failure: float = 100.0) -> DeadLetter:
+def letter(
+    error: str = "timeout_exceeded", event_type: str = "order.paid", *, replays: int = 0, last_failure: float = 100.0
+) -> DeadLetter:
     headers = [(r.ERROR_CLASS, error.encode()), (r.EVENT_TYPE, event_type.encode()),
                (r.REPLAY_COUNT, str(replays).encode()), (r.LAST_FAILURE, f"{last_failure:.3f}".encode())]  # fmt: skip
-    return DeadLetter("seqguard.events.dlq", 0, 0, b"k", b"{}", headers, {k[len(r.PREFIX):]: v.decode() for k, v in headers})
+    return DeadLetter(
+        "seqguard.events.dlq", 0, 0, b"k", b"{}", headers, {k[len(r.PREFIX) :]: v.decode() for k, v in headers}
+    )
 
 
 # --------------------------------------------------------------------------- defaults
 
 
 def test_without_a_policy_file_every_type_gets_the_settings_defaults() -> None:
-    book = policy_book(settings(default_ordering="warn", gap_timeout=5.0, gap_policy="park", dlq_auto_replay="timeout_exceeded"))
+    book = policy_book(
+        settings(default_ordering="warn", gap_timeout=5.0, gap_policy="park", dlq_auto_replay="timeout_exceeded")
+    )
     assert book.for_type("anything") == Policy("warn", 5.0, "park", frozenset({"timeout_exceeded"}))
     assert book.by_type == {}
 
@@ -75,13 +87,19 @@ def test_unknown_auto_replay_class_in_settings_is_rejected() -> None:
 
 
 def test_toml_file_sets_a_type_policy(tmp_path: Path) -> None:
-    path = toml_file(tmp_path, '[types."order.paid"]\nordering = "warn"\ngap_timeout = 10\ngap_policy = "park"\nauto_replay = ["timeout_exceeded"]\n')
+    path = toml_file(
+        tmp_path,
+        '[types."order.paid"]\nordering = "warn"\ngap_timeout = 10\ngap_policy = "park"\nauto_replay = ["timeout_exceeded"]\n',
+    )
     book = policy_book(settings(policy_file=path))
     assert book.for_type("order.paid") == Policy("warn", 10.0, "park", frozenset({"timeout_exceeded"}))
 
 
 def test_json_file_sets_a_type_policy(tmp_path: Path) -> None:
-    path = json_file(tmp_path, {"types": {"order.paid": {"ordering": "unordered", "gap_timeout": 2.5, "auto_replay": ["schema_invalid"]}}})
+    path = json_file(
+        tmp_path,
+        {"types": {"order.paid": {"ordering": "unordered", "gap_timeout": 2.5, "auto_replay": ["schema_invalid"]}}},
+    )
     book = policy_book(settings(policy_file=path))
     assert book.for_type("order.paid") == Policy("unordered", 2.5, "skip", frozenset({"schema_invalid"}))
 
@@ -94,14 +112,19 @@ def test_types_the_file_does_not_name_get_the_defaults(tmp_path: Path) -> None:
 
 def test_fields_a_type_leaves_out_come_from_settings(tmp_path: Path) -> None:
     path = toml_file(tmp_path, '[types."order.paid"]\ngap_timeout = 3\n')
-    book = policy_book(settings(policy_file=path, default_ordering="warn", gap_policy="park", dlq_auto_replay="timeout_exceeded"))
+    book = policy_book(
+        settings(policy_file=path, default_ordering="warn", gap_policy="park", dlq_auto_replay="timeout_exceeded")
+    )
     assert book.for_type("order.paid") == Policy("warn", 3.0, "park", frozenset({"timeout_exceeded"}))
 
 
 def test_an_empty_auto_replay_list_turns_auto_replay_off_for_the_type(tmp_path: Path) -> None:
     path = toml_file(tmp_path, '[types."order.paid"]\nauto_replay = []\n')
     book = policy_book(settings(policy_file=path, dlq_auto_replay="timeout_exceeded"))
-    assert (book.for_type("order.paid").auto_replay, book.default.auto_replay) == (frozenset(), frozenset({"timeout_exceeded"}))
+    assert (book.for_type("order.paid").auto_replay, book.default.auto_replay) == (
+        frozenset(),
+        frozenset({"timeout_exceeded"}),
+    )
 
 
 def test_strict_in_the_file_forces_park_even_if_the_file_says_skip(tmp_path: Path) -> None:

@@ -45,7 +45,13 @@ async def run_once(settings: Settings, waiting: Gauge | None = None, now: float 
             waiting.labels(error_class).set(n)
     base = max(settings.retry_base_delay, 1.0)
     chosen = [letter for letter in plan.replay if auto_replayable(letter, settings) and due(letter, now, base)]
-    log.info("DLQ: %s waiting %s; %d over the replay limit; auto-replaying %d", sum(counts.values()), dict(counts), len(plan.over_limit), len(chosen))
+    log.info(
+        "DLQ: %s waiting %s; %d over the replay limit; auto-replaying %d",
+        sum(counts.values()),
+        dict(counts),
+        len(plan.over_limit),
+        len(chosen),
+    )
     if not chosen:
         return 0
     plan.replay = chosen

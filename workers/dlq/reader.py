@@ -27,7 +27,11 @@ def markers_topic(dlq_topic: str) -> str:
 async def read_to_end(bootstrap: str, topic: str, *, idle_timeout: float = 5.0) -> list[Any]:
     """Every record of ``topic`` up to each partition's high-water mark at the time of reading."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100, max_poll_records=5000
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        max_poll_records=5000,
     )
     await consumer.start()
     try:
@@ -61,7 +65,9 @@ async def read_to_end(bootstrap: str, topic: str, *, idle_timeout: float = 5.0) 
 
 async def read_dead_letters(bootstrap: str, dlq_topic: str) -> tuple[list[DeadLetter], set[str]]:
     """The DLQ's records and the places already replayed."""
-    records, marks = await asyncio.gather(read_to_end(bootstrap, dlq_topic), read_to_end(bootstrap, markers_topic(dlq_topic)))
+    records, marks = await asyncio.gather(
+        read_to_end(bootstrap, dlq_topic), read_to_end(bootstrap, markers_topic(dlq_topic))
+    )
     replayed = {m.key.decode() for m in marks if m.value is not None}
     return [DeadLetter.from_record(r) for r in records], replayed
 
@@ -70,7 +76,8 @@ async def write_markers(producer: AIOKafkaProducer, dlq_topic: str, letters: Ite
     topic = markers_topic(dlq_topic)
     now = time.time()
     futures = [
-        await producer.send(topic, json.dumps({"at": now, "by": by}).encode(), key=letter.place.encode()) for letter in letters
+        await producer.send(topic, json.dumps({"at": now, "by": by}).encode(), key=letter.place.encode())
+        for letter in letters
     ]
     await producer.flush()
     for fut in futures:

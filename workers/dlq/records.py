@@ -69,7 +69,9 @@ def header(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
     return found
 
 
-def dlq_headers(source: Source, failure: Failure, *, worker_id: str, max_message: int, now: float | None = None) -> list[tuple[str, bytes]]:
+def dlq_headers(
+    source: Source, failure: Failure, *, worker_id: str, max_message: int, now: float | None = None
+) -> list[tuple[str, bytes]]:
     """The DLQ record's headers. A replayed record keeps its first failure time and replay count."""
     now = time.time() if now is None else now
     replays = header(source.headers, REPLAY_COUNT) or "0"
@@ -117,7 +119,7 @@ class DeadLetter:
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
         headers = list(record.headers or ())
-        meta = {k[len(PREFIX):]: v.decode("utf-8", "replace") for k, v in headers if k.startswith(PREFIX)}
+        meta = {k[len(PREFIX) :]: v.decode("utf-8", "replace") for k, v in headers if k.startswith(PREFIX)}
         return cls(record.topic, record.partition, record.offset, record.key, record.value, headers, meta)
 
     @property
@@ -175,4 +177,8 @@ class DeadLetter:
         return original_headers(self.headers) + [(k, v.encode()) for k, v in carried.items()]
 
     def summary(self) -> dict[str, Any]:
-        return {"place": self.place, "key": None if self.key is None else self.key.decode("utf-8", "replace"), **self.meta}
+        return {
+            "place": self.place,
+            "key": None if self.key is None else self.key.decode("utf-8", "replace"),
+            **self.meta,
+        }

@@ -96,10 +96,14 @@ async def load_plan(settings: Settings, filters: Filters) -> Plan:
     return make_plan(letters, replayed, filters, settings.max_replays)
 
 
-async def execute(settings: Settings, plan: Plan, *, rate: float | None = None, by: str = "seqguard dlq replay", chunk: int = 5_000) -> int:
+async def execute(
+    settings: Settings, plan: Plan, *, rate: float | None = None, by: str = "seqguard dlq replay", chunk: int = 5_000
+) -> int:
     """Republish the plan in order; mark each chunk replayed once it is acknowledged. Returns the count."""
     rate = settings.replay_rate if rate is None else rate
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5, max_batch_size=262_144)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5, max_batch_size=262_144
+    )
     await producer.start()
     sent = 0
     started = time.monotonic()
@@ -112,7 +116,12 @@ async def execute(settings: Settings, plan: Plan, *, rate: float | None = None, 
                 ts = letter.original_timestamp
                 futures.append(
                     await producer.send(
-                        topic, letter.value, key=letter.key, partition=partition, timestamp_ms=ts, headers=letter.replay_headers()
+                        topic,
+                        letter.value,
+                        key=letter.key,
+                        partition=partition,
+                        timestamp_ms=ts,
+                        headers=letter.replay_headers(),
                     )
                 )
                 sent += 1

@@ -55,5 +55,10 @@ async def on_paid(event: Envelope, data: OrderPaid, ctx: Context) -> None:
         "order.confirmation_email",
         event.idempotency_key,
         EMAIL_OUTBOX,
-        {"order": event.aggregate_id, "subject": "Order confirmed", "amount_cents": data.amount_cents, "currency": data.currency},
+        {
+            "order": event.aggregate_id,
+            "subject": "Order confirmed",
+            "amount_cents": data.amount_cents,
+            "currency": data.currency,
+        },
     )
