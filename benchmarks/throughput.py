@@ -402,6 +402,9 @@ async def run_seqguard(
         "received_at_first_sample": int(r1),
         "cpu_pct": cpu,
         "worker_cpu_us_per_event": round(1e6 * (m2.pids["worker"] - m1.pids["worker"]) / max(1.0, r2 - r1), 1),
+        # What the worker would do with a core to itself (it is single-threaded Python): the
+        # figure least disturbed by other processes on a shared machine. An estimate.
+        "events_per_cpu_second": round((r2 - r1) / max(1e-9, m2.pids["worker"] - m1.pids["worker"])),
         "metrics": {
             "duplicates": metric_value(final_text, "seqguard_events_duplicate_total"),
             "out_of_order": metric_value(final_text, "seqguard_events_out_of_order_total"),
@@ -933,6 +936,8 @@ def report_lines(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"    over {b['seconds']} s; excluding the first sample's {b['received_at_first_sample']:,}: "
         f"{b['events_per_s_conservative']:,} events/s; {b['worker_cpu_us_per_event']} µs worker CPU/event",
         f"    CPU (% of one core): worker {cpu['worker']}, broker {cpu['broker']}, others {cpu['others']}",
+        f"    per worker CPU second: {b['events_per_cpu_second']:,} events (the rate with a core to itself, "
+        f"estimated; floor: {round(1e6 / f['cpu_us_per_event']):,})",
         f"    metrics: {m['duplicates']:.0f} duplicates, {m['out_of_order']:.0f} buffered out of order, "
         f"{m['dead_lettered']:.0f} dead-lettered, {m['order_violations']:.0f} late, {m['gaps']:.0f} gaps;",
         f"    {m['batches']:.0f} batches (~{m['events_per_batch']} events, "

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import LOGS, Deployment, start_redis
+from tests.harness import LOGS, Deployment, Worker, start_redis
 from workers.embedded import EmbeddedBroker, start_broker
 
 
@@ -35,3 +35,11 @@ async def deployment(broker: EmbeddedBroker, redis_url: str) -> Deployment:
     d = Deployment(broker.url, redis_url)
     await d.create_topics()
     return d
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left_behind() -> Iterator[None]:
+    """Leak guard: whatever a test did, no worker process outlives it."""
+    yield
+    while Worker.started:
+        Worker.started.pop().kill()

@@ -97,7 +97,11 @@ class Deployment:
 class Worker:
     """A `seqguard worker` process."""
 
+    #: Every worker started, so a failing test cannot leave one running (conftest kills them).
+    started: list[Worker] = []
+
     def __init__(self, deployment: Deployment, label: str = "worker", **overrides: str) -> None:
+        Worker.started.append(self)
         self.port = free_port()
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"{deployment.name}-{label}-{self.port}.log"

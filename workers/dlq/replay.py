@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +67,7 @@ def sort_key(letter: DeadLetter) -> tuple[str, int, int, str]:
     return (letter.aggregate_id, seq, ts, letter.place)
 
 
-def make_plan(letters: list[DeadLetter], replayed: set[str], filters: Filters, max_replays: int) -> Plan:
+def make_plan(letters: list[DeadLetter], replayed: Container[str], filters: Filters, max_replays: int) -> Plan:
     plan = Plan()
     for letter in letters:
         if letter.place in replayed:
@@ -99,36 +100,45 @@ async def load_plan(settings: Settings, filters: Filters) -> Plan:
 async def execute(
     settings: Settings, plan: Plan, *, rate: float | None = None, by: str = "seqguard dlq replay", chunk: int = 5_000
 ) -> int:
-    """Republish the plan in order; mark each chunk replayed once it is acknowledged. Returns the count."""
+    """Republish the plan in order; mark each chunk replayed once it is acknowledged. Returns the count.
+
+    Records are appended to one batch per target partition (aiokafka keeps one batch in
+    flight per partition, so each partition's order is the plan's order).
+    """
     rate = settings.replay_rate if rate is None else rate
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5, max_batch_size=262_144
-    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()
     sent = 0
     started = time.monotonic()
     try:
         for i in range(0, len(plan.replay), chunk):
             part = plan.replay[i : i + chunk]
-            futures = []
+            futures: list[Any] = []
+            builders: dict[tuple[str, int], Any] = {}
             for letter in part:
                 topic, partition = target(letter, settings)
-                ts = letter.original_timestamp
-                futures.append(
-                    await producer.send(
-                        topic,
-                        letter.value,
-                        key=letter.key,
-                        partition=partition,
-                        timestamp_ms=ts,
-                        headers=letter.replay_headers(),
+                if partition is None:  # routed again by key: let the producer's partitioner choose
+                    futures.append(
+                        await producer.send(topic, letter.value, key=letter.key, headers=letter.replay_headers())
                     )
-                )
+                else:
+                    builder = builders.get((topic, partition)) or producer.create_batch()
+                    args = {"timestamp": letter.original_timestamp, "key": letter.key, "value": letter.value}
+                    if builder.append(**args, headers=letter.replay_headers()) is None:  # full: send it
+                        futures.append(await producer.send_batch(builder, topic, partition=partition))
+                        builder = producer.create_batch()
+                        builder.append(**args, headers=letter.replay_headers())
+                    builders[(topic, partition)] = builder
                 sent += 1
                 if rate:
                     ahead = sent / rate - (time.monotonic() - started)
                     if ahead > 0:
+                        for (topic, partition), builder in builders.items():
+                            futures.append(await producer.send_batch(builder, topic, partition=partition))
+                        builders.clear()
                         await asyncio.sleep(ahead)
+            for (topic, partition), builder in builders.items():
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
             await producer.flush()
             for fut in futures:
                 await fut
