@@ -26,6 +26,7 @@ class SeenIds:
         return len(self.ids)
 
     def add(self, key: str, now: float, max_ids: int) -> None:
+        self.ids.pop(key, None)  # re-adding moves the key to the end: the order stays by age
         self.ids[key] = now
         while len(self.ids) > max_ids:
             del self.ids[next(iter(self.ids))]

@@ -132,8 +132,10 @@ def pop_ready(agg: Aggregate) -> Buffered | None:
         entry = agg.buffer.pop(state.next_seq)
         if entry is None:
             return None
-        if not entry.done:
+        if not entry.done and entry.key not in agg.seen:
             return entry
+        # A placeholder, or an event whose ID was applied meanwhile under another
+        # number: its number is used, and applying it again would double its effect.
         state.next_seq += 1
     return None
 

@@ -219,26 +219,26 @@ def test_a_letter_without_a_last_failure_time_is_due_at_once() -> None:
 
 
 def test_nothing_is_auto_replayable_by_default() -> None:
-    assert not auto_replayable(letter("timeout_exceeded"), settings())
+    assert not auto_replayable(letter("timeout_exceeded"), policy_book(settings()))
 
 
 def test_a_class_named_in_settings_is_auto_replayable() -> None:
-    assert auto_replayable(letter("timeout_exceeded"), settings(dlq_auto_replay="timeout_exceeded"))
+    assert auto_replayable(letter("timeout_exceeded"), policy_book(settings(dlq_auto_replay="timeout_exceeded")))
 
 
 def test_a_class_not_named_in_settings_is_not_auto_replayable() -> None:
-    assert not auto_replayable(letter("schema_invalid"), settings(dlq_auto_replay="timeout_exceeded"))
+    assert not auto_replayable(letter("schema_invalid"), policy_book(settings(dlq_auto_replay="timeout_exceeded")))
 
 
 def test_a_type_policy_enables_auto_replay_for_that_type_only(tmp_path: Path) -> None:
     path = toml_file(tmp_path, '[types."order.paid"]\nauto_replay = ["handler_exception"]\n')
     s = settings(policy_file=path)
-    assert auto_replayable(letter("handler_exception", "order.paid"), s)
-    assert not auto_replayable(letter("handler_exception", "order.shipped"), s)
+    assert auto_replayable(letter("handler_exception", "order.paid"), policy_book(s))
+    assert not auto_replayable(letter("handler_exception", "order.shipped"), policy_book(s))
 
 
 def test_a_type_policy_disables_auto_replay_for_that_type_only(tmp_path: Path) -> None:
     path = json_file(tmp_path, {"types": {"order.paid": {"auto_replay": []}}})
     s = settings(policy_file=path, dlq_auto_replay="timeout_exceeded")
-    assert not auto_replayable(letter("timeout_exceeded", "order.paid"), s)
-    assert auto_replayable(letter("timeout_exceeded", "order.shipped"), s)
+    assert not auto_replayable(letter("timeout_exceeded", "order.paid"), policy_book(s))
+    assert auto_replayable(letter("timeout_exceeded", "order.shipped"), policy_book(s))

@@ -16,6 +16,7 @@ from collections import Counter
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from tables.policy import PolicyBook
 from workers.dlq.records import DeadLetter
 from workers.dlq.replay import Filters, execute, load_plan
 from workers.policy_file import policy_book
@@ -29,8 +30,7 @@ def due(letter: DeadLetter, now: float, base_delay: float) -> bool:
     return now - letter.last_failure >= base_delay * 2**letter.replay_count
 
 
-def auto_replayable(letter: DeadLetter, settings: Settings) -> bool:
-    book = policy_book(settings)
+def auto_replayable(letter: DeadLetter, book: PolicyBook) -> bool:
     return letter.error_class in book.for_type(letter.event_type).auto_replay
 
 
@@ -44,7 +44,8 @@ async def run_once(settings: Settings, waiting: Gauge | None = None, now: float 
         for error_class, n in counts.items():
             waiting.labels(error_class).set(n)
     base = max(settings.retry_base_delay, 1.0)
-    chosen = [letter for letter in plan.replay if auto_replayable(letter, settings) and due(letter, now, base)]
+    book = policy_book(settings)
+    chosen = [letter for letter in plan.replay if auto_replayable(letter, book) and due(letter, now, base)]
     log.info(
         "DLQ: %s waiting %s; %d over the replay limit; auto-replaying %d",
         sum(counts.values()),
