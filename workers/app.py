@@ -55,8 +55,8 @@ def _patch_fetch_wait() -> None:
             consumer._fetch_max_wait_ms = wait_ms
         return consumer
 
-    thread_cls._create_worker_consumer = create
-    thread_cls._seqguard_patched = True
+    thread_cls._create_worker_consumer = create  # type: ignore[method-assign]
+    thread_cls._seqguard_patched = True  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -152,7 +152,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     @app.page("/healthz")
     async def health_view(web: Any, request: Any) -> Any:
         """200 once table recovery has completed and the worker processes events."""
-        ready = app.tables.recovery.completed.is_set()
+        ready = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
         return web.json({"ready": ready, "worker": worker_id(settings)}, status=200 if ready else 503)
 
     @app.page("/tables")
@@ -198,6 +198,6 @@ def _update_lag(app: faust.App, metrics: Metrics) -> None:
             highwater = consumer.highwater(tp)
         except Exception:  # noqa: BLE001, S112 - no fetch yet for this partition
             continue
-        position = consumer._read_offset.get(tp)
+        position = consumer._read_offset.get(tp)  # type: ignore[attr-defined]
         if highwater is not None and position is not None:
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position - 1))

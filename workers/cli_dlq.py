@@ -65,7 +65,7 @@ def dlq_list(as_json: bool) -> None:
     letters, replayed = asyncio.run(read_dead_letters(settings.bootstrap_servers, settings.dlq))
     waiting = [letter for letter in letters if letter.place not in replayed]
     failures = [letter.last_failure for letter in waiting]
-    report = {
+    report: dict[str, Any] = {
         "topic": settings.dlq,
         "records": len(letters),
         "waiting": len(waiting),

@@ -71,7 +71,7 @@ def parse_sequence(raw: Any, max_sequence: int) -> int | None:
     return raw
 
 
-def _header_map(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, bytes]:
+def _header_map(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, bytes | None]:
     # Repeated keys: the last one wins, as in most Kafka header readers.
     return {k.lower(): v for k, v in headers} if headers else {}
 
@@ -95,7 +95,7 @@ def _load_json(raw: bytes, what: str) -> Any:
         raise DecodeError(f"{what} is not usable JSON: {str(exc)[:80]}") from None
 
 
-def _attributes(key: bytes | None, value: bytes | None, hmap: dict[str, bytes]) -> tuple[dict[str, Any], bool]:
+def _attributes(key: bytes | None, value: bytes | None, hmap: dict[str, bytes | None]) -> tuple[dict[str, Any], bool]:
     if "ce_specversion" in hmap:
         attrs: dict[str, Any] = {
             name[3:]: _text(raw, f"header {name}") for name, raw in hmap.items() if name.startswith("ce_")
@@ -124,7 +124,7 @@ def _attributes(key: bytes | None, value: bytes | None, hmap: dict[str, bytes]) 
 def decode(
     key: bytes | None,
     value: bytes | None,
-    headers: Sequence[tuple[str, bytes]] | None,
+    headers: Sequence[tuple[str, bytes | None]] | None,
     *,
     max_sequence: int = 2**53,
     max_bytes: int = 1_000_000,

@@ -15,6 +15,7 @@ path to the current one, or data the model refuses, is a SchemaInvalid (dead-let
 
 from __future__ import annotations
 
+import builtins
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ Handler = Callable[[Envelope, Any, Context], Awaitable[None]]
 class HandlerSpec:
     type: str
     fn: Handler
-    model: type[BaseModel] | None = None
+    model: builtins.type[BaseModel] | None = None
     version: int = 1
     timeout: float | None = None  # None: the settings' default
     upcasters: dict[int, Upcaster] = field(default_factory=dict)

@@ -413,7 +413,7 @@ class OrderedProcessor:
         value: bytes | None,
         partition: int | None,
         timestamp: float | None,
-        headers: list[tuple[str, bytes]],
+        headers: list[tuple[str, bytes | None]],
     ) -> None:
         self._sends.append(await self.producer.send(topic, key, value, partition, timestamp, headers))
 

@@ -14,7 +14,7 @@ class InRecord:
     timestamp: float | None  # seconds (CreateTime)
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)  # aiokafka gives None for null values
 
     @classmethod
     def from_message(cls, message: Any) -> InRecord:

@@ -54,14 +54,14 @@ class Source:
     timestamp_ms: int | None
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
 
 
-def original_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+def original_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes | None]]:
     return [(k, v) for k, v in headers if not k.startswith(PREFIX)]
 
 
-def header(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
+def header(headers: Iterable[tuple[str, bytes | None]], name: str) -> str | None:
     found = None
     for k, v in headers:
         if k == name and v is not None:  # Kafka header values are nullable
@@ -71,7 +71,7 @@ def header(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
 
 def dlq_headers(
     source: Source, failure: Failure, *, worker_id: str, max_message: int, now: float | None = None
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, bytes | None]]:
     """The DLQ record's headers. A replayed record keeps its first failure time and replay count."""
     now = time.time() if now is None else now
     replays = header(source.headers, REPLAY_COUNT) or "0"
@@ -113,7 +113,7 @@ class DeadLetter:
     dlq_offset: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     meta: dict[str, str]
 
     @classmethod
@@ -164,7 +164,7 @@ class DeadLetter:
     def place(self) -> str:
         return f"{self.dlq_topic}:{self.dlq_partition}:{self.dlq_offset}"
 
-    def replay_headers(self) -> list[tuple[str, bytes]]:
+    def replay_headers(self) -> list[tuple[str, bytes | None]]:
         """Original headers plus what a replay carries forward (count, first failure, origin)."""
         carried = {
             REPLAY_COUNT: str(self.replay_count + 1),
