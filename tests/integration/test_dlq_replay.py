@@ -210,3 +210,37 @@ async def test_refailing_replay_returns_to_dlq_with_count_and_stops_at_the_limit
     finally:
         worker.stop()
         await redis.aclose()
+
+
+async def test_dlq_agent_only_reports_by_default_and_replays_configured_classes(broker, redis_url) -> None:
+    from workers.dlq.agent import run_once
+
+    deployment = Deployment(
+        broker.url, redis_url, extra={"SEQGUARD_DOMAINS": DOMAINS, "SEQGUARD_RETRY_BASE_DELAY": "0.01"}
+    )
+    await deployment.create_topics()
+    settings = deployment.settings()
+    redis = Redis.from_url(redis_url)
+    build = "build-flaky"
+    await redis.set(fail_flag(settings.redis_prefix, build), 1)
+    worker = Worker(deployment)
+    try:
+        await worker.ready()
+        await produce(
+            broker.bootstrap,
+            settings.input_topic,
+            [event(build, 1, "build.start"), event(build, 2, "build.progress"), event(build, 3, "build.complete")],
+        )
+        await consume_all(broker.bootstrap, settings.dlq, expect=1, timeout=30, quiet=0.5)
+        await redis.delete(fail_flag(settings.redis_prefix, build))
+
+        assert await run_once(settings, now=time.time() + 60) == 0  # default: report only
+        auto = settings.model_copy(update={"dlq_auto_replay": "handler_exception"})
+        assert await run_once(auto, now=time.time()) == 0  # backoff: too soon after the failure
+        assert await run_once(auto, now=time.time() + 60) == 1
+        out = await consume_all(broker.bootstrap, settings.output_topic, expect=3, timeout=30)
+        assert applied_sequences(out, build) == [1, 2, 3]
+        assert await run_once(auto, now=time.time() + 60) == 0  # marked: never twice
+    finally:
+        worker.stop()
+        await redis.aclose()

@@ -1,0 +1,1 @@
+"""seqguard workers: the Faust app, the ordered processor, the DLQ and the CLI."""

@@ -1,0 +1,122 @@
+"""The ``seqguard`` command: worker, demo, config, policies, dlq, aggregates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from workers.errors import StartupError
+from workers.settings import Settings
+
+log = logging.getLogger("seqguard")
+
+
+@click.group()
+def main() -> None:
+    """seqguard: ordered, once-only processing of Kafka event streams per aggregate."""
+
+
+async def startup_checks(settings: Settings) -> None:
+    """Reach Kafka (and create topics) and Redis, or raise StartupError."""
+    from redis.asyncio import Redis
+
+    from workers.topics import ensure_topics
+
+    if settings.create_topics:
+        await ensure_topics(settings)
+    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=settings.startup_timeout)
+    try:
+        await redis.ping()
+    except Exception as exc:
+        raise StartupError(f"cannot reach Redis: {exc!r}") from exc
+    finally:
+        await redis.aclose()
+
+
+@main.command()
+@click.option("-l", "--loglevel", default=None, help="Log level (default: SEQGUARD_LOG_LEVEL).")
+@click.option("--web-port", type=int, default=None, help="Web port for /metrics (default: SEQGUARD_WEB_PORT).")
+def worker(loglevel: str | None, web_port: int | None) -> None:
+    """Run an ordered worker (start as many as the input topic has partitions)."""
+    overrides: dict[str, Any] = {}
+    if web_port is not None:
+        overrides["web_port"] = web_port
+    settings = Settings(**overrides)
+    level = (loglevel or settings.log_level).upper()
+    logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(startup_checks(settings))
+    except StartupError as exc:
+        log.critical("start-up failed: %s", exc)
+        sys.exit(2)
+    import faust
+
+    from workers.app import create_app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    runtime = create_app(settings)
+    faust.Worker(runtime.app, loglevel=level.lower()).execute_from_commandline()
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the README's table of environment variables.")
+@click.option("--json", "as_json", is_flag=True, help="Print effective values as JSON.")
+def config(markdown: bool, as_json: bool) -> None:
+    """Print the effective settings (secrets masked), or the README table of variables."""
+    from workers.settings_doc import effective, markdown_table
+
+    if markdown:
+        click.echo(markdown_table())
+        return
+    values = effective(Settings())
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    width = max(len(k) for k in values)
+    for name, value in values.items():
+        click.echo(f"{name:<{width}}  {value}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def policies(as_json: bool) -> None:
+    """Per event type: ordering, gap policy, retries and DLQ auto-replay."""
+    from workers.policies_view import policy_rows
+
+    rows = policy_rows(Settings())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("type", "ordering", "gap_timeout", "gap_policy", "attempts", "timeout", "handler", "auto_replay")
+    table = [header] + [tuple(str(r[h]) for h in header) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command()
+@click.option("--aggregates", default=20, show_default=True, help="Orders and builds to simulate.")
+@click.option("--seed", default=7, show_default=True)
+def demo(aggregates: int, seed: int) -> None:
+    """Zero-setup run: embedded broker + worker + a producer sending shuffled, duplicated scenarios."""
+    from workers.demo import run_demo
+
+    sys.exit(run_demo(aggregates=aggregates, seed=seed))
+
+
+def _register_operator_commands() -> None:
+    from workers.cli_dlq import aggregates, dlq
+
+    main.add_command(dlq)
+    main.add_command(aggregates)
+
+
+_register_operator_commands()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The dead-letter queue: record format, reading, replay and the DLQ agent."""

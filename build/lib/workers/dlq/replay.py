@@ -1,0 +1,148 @@
+"""Replay: pick DLQ records, order them, republish them to their ordered input topic.
+
+Order is the runbook's: group by aggregate, then sequence, then original timestamp.
+Each record goes back with its original key, value, timestamp and partition, its
+producer's headers, and replay headers (count, first failure, where it came from). The
+ordered core does the rest: a replay of an applied event is a duplicate (no-op), and a
+parked aggregate drains in order once its missing event is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Container
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from workers.dlq.reader import read_dead_letters, write_markers
+from workers.dlq.records import DeadLetter
+from workers.settings import Settings
+
+
+@dataclass(frozen=True)
+class Filters:
+    aggregate: str | None = None
+    event_type: str | None = None
+    error_classes: frozenset[str] = frozenset()
+    since: float | None = None  # last failure time, epoch seconds
+    until: float | None = None
+
+    def match(self, letter: DeadLetter) -> bool:
+        if self.aggregate is not None and letter.aggregate_id != self.aggregate:
+            return False
+        if self.event_type is not None and letter.event_type != self.event_type:
+            return False
+        if self.error_classes and letter.error_class not in self.error_classes:
+            return False
+        if self.since is not None and letter.last_failure < self.since:
+            return False
+        return not (self.until is not None and letter.last_failure > self.until)
+
+
+@dataclass
+class Plan:
+    replay: list[DeadLetter] = field(default_factory=list)
+    already_replayed: int = 0
+    over_limit: list[DeadLetter] = field(default_factory=list)  # left for an operator
+    not_matching: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "to_replay": len(self.replay),
+            "aggregates": len({r.aggregate_id for r in self.replay}),
+            "by_error_class": dict(Counter(r.error_class for r in self.replay)),
+            "already_replayed": self.already_replayed,
+            "over_replay_limit": len(self.over_limit),
+            "not_matching_filters": self.not_matching,
+        }
+
+
+def sort_key(letter: DeadLetter) -> tuple[str, int, int, str]:
+    seq = letter.sequence if letter.sequence is not None else 2**63
+    ts = letter.original_timestamp if letter.original_timestamp is not None else 2**63
+    return (letter.aggregate_id, seq, ts, letter.place)
+
+
+def make_plan(letters: list[DeadLetter], replayed: Container[str], filters: Filters, max_replays: int) -> Plan:
+    plan = Plan()
+    for letter in letters:
+        if letter.place in replayed:
+            plan.already_replayed += 1
+        elif not filters.match(letter):
+            plan.not_matching += 1
+        elif letter.replay_count >= max_replays:
+            plan.over_limit.append(letter)
+        else:
+            plan.replay.append(letter)
+    plan.replay.sort(key=sort_key)
+    return plan
+
+
+def target(letter: DeadLetter, settings: Settings) -> tuple[str, int | None]:
+    """Where a record goes back: its original input topic and partition (repartitioned records
+    go back to the input topic and are routed again)."""
+    topic = letter.original_topic or settings.input_topic
+    if topic == settings.repartition_topic:
+        return settings.input_topic, None
+    raw = letter.meta.get("original-partition", "")
+    return topic, int(raw) if raw.isdecimal() else None
+
+
+async def load_plan(settings: Settings, filters: Filters) -> Plan:
+    letters, replayed = await read_dead_letters(settings.bootstrap_servers, settings.dlq)
+    return make_plan(letters, replayed, filters, settings.max_replays)
+
+
+async def execute(
+    settings: Settings, plan: Plan, *, rate: float | None = None, by: str = "seqguard dlq replay", chunk: int = 5_000
+) -> int:
+    """Republish the plan in order; mark each chunk replayed once it is acknowledged. Returns the count.
+
+    Records are appended to one batch per target partition (aiokafka keeps one batch in
+    flight per partition, so each partition's order is the plan's order).
+    """
+    rate = settings.replay_rate if rate is None else rate
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    sent = 0
+    started = time.monotonic()
+    try:
+        for i in range(0, len(plan.replay), chunk):
+            part = plan.replay[i : i + chunk]
+            futures: list[Any] = []
+            builders: dict[tuple[str, int], Any] = {}
+            for letter in part:
+                topic, partition = target(letter, settings)
+                if partition is None:  # routed again by key: let the producer's partitioner choose
+                    futures.append(
+                        await producer.send(topic, letter.value, key=letter.key, headers=letter.replay_headers())
+                    )
+                else:
+                    builder = builders.get((topic, partition)) or producer.create_batch()
+                    args = {"timestamp": letter.original_timestamp, "key": letter.key, "value": letter.value}
+                    if builder.append(**args, headers=letter.replay_headers()) is None:  # full: send it
+                        futures.append(await producer.send_batch(builder, topic, partition=partition))
+                        builder = producer.create_batch()
+                        builder.append(**args, headers=letter.replay_headers())
+                    builders[(topic, partition)] = builder
+                sent += 1
+                if rate:
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        for (topic, partition), builder in builders.items():
+                            futures.append(await producer.send_batch(builder, topic, partition=partition))
+                        builders.clear()
+                        await asyncio.sleep(ahead)
+            for (topic, partition), builder in builders.items():
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+            await producer.flush()
+            for fut in futures:
+                await fut
+            await write_markers(producer, settings.dlq, part, by)
+    finally:
+        await producer.stop()
+    return sent

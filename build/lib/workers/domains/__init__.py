@@ -1,0 +1,1 @@
+"""Reference domains: small state machines that show why order matters."""

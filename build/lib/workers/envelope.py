@@ -1,0 +1,200 @@
+"""CloudEvents 1.0 over Kafka (the Kafka protocol binding), decoded from raw bytes.
+
+Both modes are accepted:
+* structured: the value is the whole event as JSON (content type application/cloudevents+json);
+* binary: context attributes in ``ce_*`` headers, the value is the data.
+
+seqguard decodes raw bytes itself, so a bad record becomes a DecodeError that the worker
+dead-letters, instead of an error inside Faust (which would ack it and lose it).
+Hand-written rather than the ``cloudevents`` SDK: the SDK builds a full event object
+and validates through extra layers per record; benchmarks/envelope_cost.py measures both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.errors import DecodeError
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+SEQUENCE_ATTR = "sequence"
+PARTITION_KEY_ATTR = "partitionkey"
+SCHEMA_VERSION_ATTR = "schemaversion"
+REQUIRED = ("specversion", "type", "source")
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class Envelope:
+    id: str
+    source: str
+    type: str
+    aggregate_id: str
+    sequence: int | None
+    data: Any
+    schema_version: int = 1
+    binary: bool = False
+    attributes: dict[str, Any] = field(default_factory=dict)
+    derived_id: bool = False  # the id was computed from the data
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.source}\x1f{self.id}"
+
+
+def canonical_data_id(data: Any) -> str:
+    """A deterministic id for an event without one: SHA-256 of its canonical data."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # surrogatepass: JSON text may escape a lone surrogate (\ud800), which strict UTF-8 cannot encode.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def parse_sequence(raw: Any, max_sequence: int) -> int | None:
+    """The ``sequence`` extension: an integer, or a decimal integer string, in 1..max."""
+    if raw is None or raw is _MISSING:
+        return None
+    if isinstance(raw, bool):
+        raise DecodeError(f"sequence is not an integer: {raw!r}")
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not text.isdecimal() or len(text) > 20:
+            raise DecodeError(f"sequence is not a decimal integer: {raw[:40]!r}")
+        raw = int(text)
+    if not isinstance(raw, int):
+        raise DecodeError(f"sequence is not an integer: {type(raw).__name__}")
+    if not 1 <= raw <= max_sequence:
+        raise DecodeError(f"sequence out of range 1..{max_sequence}: {raw}")
+    return raw
+
+
+def _header_map(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, bytes | None]:
+    # Repeated keys: the last one wins, as in most Kafka header readers.
+    return {k.lower(): v for k, v in headers} if headers else {}
+
+
+def _text(raw: bytes | None, what: str) -> str:
+    if raw is None:  # Kafka header values are nullable
+        raise DecodeError(f"{what} is null")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+
+
+def _load_json(raw: bytes, what: str) -> Any:
+    text = _text(raw, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DecodeError(f"{what} is not JSON: {exc.msg} at {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        raise DecodeError(f"{what} is not usable JSON: {str(exc)[:80]}") from None
+
+
+def _attributes(key: bytes | None, value: bytes | None, hmap: dict[str, bytes | None]) -> tuple[dict[str, Any], bool]:
+    if "ce_specversion" in hmap:
+        attrs: dict[str, Any] = {
+            name[3:]: _text(raw, f"header {name}") for name, raw in hmap.items() if name.startswith("ce_")
+        }
+        ctype = hmap.get("content-type")
+        if ctype is not None:
+            attrs["datacontenttype"] = _text(ctype, "content-type")
+        if value is None:
+            attrs["data"] = None
+        elif attrs.get("datacontenttype", "application/json").split(";")[0].strip().endswith("json"):
+            attrs["data"] = _load_json(value, "binary-mode data")
+        else:
+            attrs["data"] = _text(value, "binary-mode data")
+        return attrs, True
+    if value is None:
+        raise DecodeError("empty record: no value and no ce_ headers")
+    ctype = hmap.get("content-type")
+    if ctype is not None and not _text(ctype, "content-type").startswith(STRUCTURED_CONTENT_TYPE):
+        raise DecodeError(f"content-type {ctype[:60]!r} is neither structured CloudEvents nor binary mode")
+    doc = _load_json(value, "structured event")
+    if not isinstance(doc, dict):
+        raise DecodeError(f"structured event is a JSON {type(doc).__name__}, not an object")
+    return doc, False
+
+
+def decode(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]] | None,
+    *,
+    max_sequence: int = 2**53,
+    max_bytes: int = 1_000_000,
+    derive_ids: bool = True,
+) -> Envelope:
+    """Decode one Kafka record into an Envelope, or raise DecodeError saying why not."""
+    if value is not None and len(value) > max_bytes:
+        raise DecodeError(f"record of {len(value)} bytes exceeds the limit of {max_bytes}")
+    attrs, binary = _attributes(key, value, _header_map(headers))
+    for name in REQUIRED:
+        if not isinstance(attrs.get(name), str) or not attrs[name]:
+            raise DecodeError(f"missing or empty CloudEvents attribute {name!r}")
+    if attrs["specversion"] != "1.0":
+        raise DecodeError(f"unsupported specversion {attrs['specversion'][:20]!r}")
+    data = attrs.get("data")
+    if data is None and "data_base64" in attrs:
+        raise DecodeError("data_base64 is not supported: seqguard events carry JSON data")
+    event_id = attrs.get("id")
+    derived = False
+    if event_id is None or event_id == "":
+        if not derive_ids:
+            raise DecodeError("missing or empty CloudEvents attribute 'id'")
+        event_id, derived = canonical_data_id(data), True
+    elif not isinstance(event_id, str):
+        raise DecodeError("attribute 'id' is not a string")
+    aggregate = attrs.get(PARTITION_KEY_ATTR)
+    if aggregate is None:
+        aggregate = _text(key, "key") if key else None
+    if not aggregate or not isinstance(aggregate, str):
+        raise DecodeError("no aggregate ID: neither a partitionkey attribute nor a record key")
+    identities = (("aggregate ID", aggregate), ("id", event_id), ("source", attrs["source"]), ("type", attrs["type"]))
+    for what, text in identities:
+        if not text.isascii():
+            try:  # JSON text may escape a lone surrogate, which no key or Redis name can carry
+                text.encode()
+            except UnicodeEncodeError:
+                raise DecodeError(f"{what} contains a lone surrogate") from None
+    sequence = parse_sequence(attrs.get(SEQUENCE_ATTR), max_sequence)
+    version = attrs.get(SCHEMA_VERSION_ATTR, 1)
+    if isinstance(version, bool) or (isinstance(version, float) and not version.is_integer()):
+        # int() would truncate 1.5 to 1, and fail on an infinity with OverflowError
+        raise DecodeError(f"schemaversion is not an integer: {str(version)[:20]!r}")
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise DecodeError(f"schemaversion is not an integer: {str(version)[:20]!r}") from None
+    return Envelope(
+        id=event_id,
+        source=attrs["source"],
+        type=attrs["type"],
+        aggregate_id=aggregate,
+        sequence=sequence,
+        data=data,
+        schema_version=version,
+        binary=binary,
+        attributes=attrs,
+        derived_id=derived,
+    )
+
+
+def encode_structured(attributes: dict[str, Any]) -> tuple[list[tuple[str, bytes]], bytes]:
+    """Headers and value of a structured-mode record (used by the demo, tests, benchmarks)."""
+    body = {"specversion": "1.0", **attributes}
+    return [("content-type", STRUCTURED_CONTENT_TYPE.encode())], json.dumps(body).encode()
+
+
+def encode_binary(attributes: dict[str, Any]) -> tuple[list[tuple[str, bytes]], bytes]:
+    """Headers and value of a binary-mode record: ``ce_*`` headers, data as the value."""
+    attrs = {"specversion": "1.0", **attributes}
+    data = attrs.pop("data", None)
+    headers = [(f"ce_{k}", str(v).encode()) for k, v in attrs.items()]
+    headers.append(("content-type", b"application/json"))
+    return headers, json.dumps(data).encode()

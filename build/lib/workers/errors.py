@@ -1,0 +1,71 @@
+"""One exception root. Each error says whether it is permanent, transient or critical.
+
+* permanent: dead-letter now, retrying cannot help (bad input, invalid transition).
+* transient: retry in place with backoff, then dead-letter.
+* critical: stop the worker without acknowledging anything (the broker lost a write).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+#: The error classes recorded with every dead-lettered event (the DLQ header value).
+DESERIALIZATION_FAILED = "deserialization_failed"
+SCHEMA_INVALID = "schema_invalid"
+HANDLER_EXCEPTION = "handler_exception"
+TIMEOUT_EXCEEDED = "timeout_exceeded"
+ORDER_VIOLATION = "order_violation"
+BUFFER_OVERFLOW = "buffer_overflow"
+ERROR_CLASSES = (
+    DESERIALIZATION_FAILED,
+    SCHEMA_INVALID,
+    HANDLER_EXCEPTION,
+    TIMEOUT_EXCEEDED,
+    ORDER_VIOLATION,
+    BUFFER_OVERFLOW,
+)
+
+
+class SeqguardError(Exception):
+    error_class: ClassVar[str] = HANDLER_EXCEPTION
+    permanent: ClassVar[bool] = False
+    critical: ClassVar[bool] = False
+
+
+class DecodeError(SeqguardError):
+    """The record is not a usable CloudEvent (not UTF-8, not JSON, missing attributes...)."""
+
+    error_class = DESERIALIZATION_FAILED
+    permanent = True
+
+
+class SchemaInvalid(SeqguardError):
+    """The event's data fails its model, or names a schema version nobody knows."""
+
+    error_class = SCHEMA_INVALID
+    permanent = True
+
+
+class PermanentError(SeqguardError):
+    """Raised by a handler to dead-letter its event at once, without retries."""
+
+    error_class = HANDLER_EXCEPTION
+    permanent = True
+
+
+class InvalidTransition(PermanentError):
+    """A domain state machine refused an event (e.g. shipped before paid)."""
+
+
+class HandlerTimeout(SeqguardError):
+    error_class = TIMEOUT_EXCEEDED
+
+
+class CriticalError(SeqguardError):
+    """The worker cannot go on safely (a produce to the DLQ or a changelog failed)."""
+
+    critical = True
+
+
+class StartupError(CriticalError):
+    """A dependency (Kafka, Redis) could not be reached at start-up."""

@@ -1,0 +1,143 @@
+"""The one settings model: every tunable is an environment variable prefixed SEQGUARD_.
+
+Defaults are valid for real Apache Kafka (sessions >= 6 s, replication 3 in production
+is set through SEQGUARD_REPLICATION_FACTOR). The README's table is generated from this
+model (``seqguard config --markdown``) and a test checks they agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tables.policy import GapPolicy, Ordering, OverflowPolicy, StartPolicy
+
+ENV_PREFIX = "SEQGUARD_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # --- where ---
+    broker_url: str = Field(
+        "kafka://127.0.0.1:9092", description="Kafka bootstrap servers (kafka://host:port[;host:port])"
+    )
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis for once-only side effects")
+    redis_prefix: str = Field("seqguard:", description="Prefix of every Redis key seqguard writes")
+    app_id: str = Field("seqguard", description="Faust app id: consumer group and changelog topic prefix")
+    worker_id: str = Field("", description="Worker identity written into DLQ headers (default: host:pid)")
+
+    # --- topics ---
+    input_topic: str = Field("seqguard.events", description="Ordered input topic (CloudEvents, keyed by aggregate ID)")
+    output_topic: str = Field("seqguard.applied", description="Applied events, in applied order per aggregate")
+    dlq_topic: str = Field("", description="Dead-letter topic (default: <input_topic>.dlq)")
+    audit_topic: str = Field("seqguard.audit", description="Operator actions and gap records")
+    partitions: int = Field(
+        8, ge=1, le=1024, description="Partitions of input, repartition, output and changelog topics"
+    )
+    replication_factor: int = Field(
+        1, ge=1, description="Replication of topics seqguard creates, changelogs included (3 in production)"
+    )
+    create_topics: bool = Field(True, description="Create missing topics at start-up with explicit partition counts")
+
+    # --- ordering ---
+    policy_file: Path | None = Field(
+        None, description="JSON/TOML file: event type -> ordering, gap_timeout, gap_policy, auto_replay"
+    )
+    default_ordering: Ordering = Field("ordered", description="Ordering policy for types the policy file does not name")
+    gap_timeout: float = Field(30.0, gt=0, description="Seconds a gap may stay open before the gap policy acts")
+    gap_policy: GapPolicy = Field(
+        "skip", description="skip: record the gap and go on; park: hold the aggregate for an operator"
+    )
+    start_policy: StartPolicy = Field(
+        "from_one", description="First event of an unknown aggregate: wait for sequence 1, or start where it starts"
+    )
+    max_buffered_per_aggregate: int = Field(1_000, ge=1, description="Reorder buffer limit per aggregate")
+    max_buffered_per_partition: int = Field(100_000, ge=1, description="Reorder buffer limit per source partition")
+    overflow_policy: OverflowPolicy = Field(
+        "dead_letter", description="When a buffer is full: dead_letter the event, or skip_gap at once"
+    )
+    max_sequence: int = Field(2**53, ge=1, description="Sequence numbers above this are rejected as absurd")
+    state_ttl: float = Field(
+        86_400.0, gt=0, description="Seconds of aggregate inactivity after which its state is forgotten"
+    )
+    max_seen_ids: int = Field(10_000, ge=1, description="Seen event IDs kept per aggregate (besides the TTL)")
+    derive_missing_ids: bool = Field(
+        True, description="An event without an id gets SHA-256 of its canonical data (false: dead-letter it)"
+    )
+    max_event_bytes: int = Field(1_000_000, ge=1, description="Larger input records are dead-lettered")
+
+    # --- handlers and retries ---
+    handler_attempts: int = Field(
+        3, ge=1, description="Attempts of a failing handler before its event is dead-lettered"
+    )
+    retry_base_delay: float = Field(0.1, ge=0, description="First retry delay in seconds (doubles each attempt)")
+    retry_max_delay: float = Field(2.0, ge=0, description="Retry delay ceiling in seconds")
+    handler_timeout: float = Field(10.0, gt=0, description="Default per-event handler time limit in seconds")
+    domains: str = Field(
+        "workers.domains.orders,workers.domains.builds",
+        description="Comma-separated modules whose handlers are registered",
+    )
+
+    # --- DLQ and replay ---
+    max_replays: int = Field(3, ge=0, description="Replays of one record before it is left for an operator")
+    replay_rate: float = Field(0.0, ge=0, description="Replay rate limit in records/s (0: unlimited)")
+    error_message_max: int = Field(1_000, ge=16, description="Longest error message kept in a DLQ header")
+    dlq_auto_replay: str = Field(
+        "", description="Error classes the DLQ agent replays by itself (comma-separated); empty: report only"
+    )
+    dlq_agent_interval: float = Field(30.0, gt=0, description="Seconds between DLQ agent passes")
+
+    # --- batching and latency ---
+    batch_max: int = Field(1_000, ge=1, description="Most events taken per batch")
+    batch_within: float = Field(0.05, gt=0, description="Longest wait in seconds to fill a batch")
+    fetch_max_wait_ms: int = Field(
+        500, ge=0, description="Consumer fetch wait; Faust fixes 1500 ms (lower: less latency, more broker CPU)"
+    )
+    producer_linger_ms: int = Field(5, ge=0, description="Producer linger in milliseconds")
+    seal_changelog_batches: bool = Field(
+        True,
+        description="End each changelog flush with a one-record batch (needed on Tansu, see EMBEDDED-BROKER.md trap 1)",
+    )
+    gap_check_interval: float = Field(1.0, gt=0, description="Seconds between gap-timeout and TTL sweeps")
+
+    # --- Kafka client (Faust) ---
+    session_timeout: float = Field(30.0, gt=0, description="Consumer session timeout in seconds (Kafka refuses < 6)")
+    heartbeat_interval: float = Field(3.0, gt=0, description="Consumer heartbeat interval in seconds")
+    rebalance_timeout: float = Field(60.0, gt=0, description="Rebalance timeout in seconds")
+    commit_interval: float = Field(2.8, gt=0, description="Seconds between offset commits")
+    startup_timeout: float = Field(
+        15.0, gt=0, description="Seconds to reach the broker at start-up before exiting non-zero"
+    )
+    standby_replicas: int = Field(1, ge=0, description="Faust table standby replicas")
+
+    # --- process ---
+    web_port: int = Field(6066, ge=0, le=65535, description="Faust web port: /metrics and /healthz (0: no web server)")
+    web_host: str = Field("0.0.0.0", description="Faust web bind host")  # noqa: S104
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    state_dump: bool = Field(False, description="Serve every table's content at /tables (tests, debugging)")
+    data_dir: Path = Field(Path("./data"), description="Faust data directory")
+
+    @property
+    def dlq(self) -> str:
+        return self.dlq_topic or f"{self.input_topic}.dlq"
+
+    @property
+    def repartition_topic(self) -> str:
+        return f"{self.app_id}-{self.input_topic}-repartition"
+
+    def changelog_topic(self, table: str) -> str:
+        return f"{self.app_id}-{table}-changelog"
+
+    @property
+    def auto_replay_classes(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.dlq_auto_replay.split(",") if c.strip())
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``kafka://a:1;b:2`` -> ``a:1,b:2`` for plain aiokafka clients."""
+        hosts = self.broker_url.replace("kafka://", "").replace(";", ",")
+        return ",".join(h.strip() for h in hosts.split(",") if h.strip())

@@ -1,0 +1,63 @@
+"""Create every topic seqguard uses, in advance, with explicit partition counts.
+
+Kafka clusters often disable auto-creation, and the embedded broker auto-creates any
+topic a metadata request names with 4 partitions: either way, waiting for a consumer
+to create a topic gets the partition count wrong. A broker that cannot be reached
+here is a StartupError: the worker exits instead of running silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from workers.dlq.reader import markers_topic
+from workers.errors import StartupError
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TABLES = ("sequence", "seen", "reorder")
+COMPACT = {"cleanup.policy": "compact"}
+LONG_RETENTION = {"retention.ms": str(30 * 86_400_000)}
+
+
+def wanted_topics(settings: Settings) -> list[NewTopic]:
+    n, rf = settings.partitions, settings.replication_factor
+    topics = [
+        NewTopic(settings.input_topic, n, rf),
+        NewTopic(settings.repartition_topic, n, rf),
+        NewTopic(settings.output_topic, n, rf),
+        NewTopic(settings.dlq, n, rf, topic_configs=LONG_RETENTION),
+        NewTopic(settings.audit_topic, 1, rf, topic_configs=LONG_RETENTION),
+        NewTopic(markers_topic(settings.dlq), 1, rf, topic_configs=COMPACT),
+        # Faust's leader-election topic: one partition, as Faust itself declares it.
+        NewTopic(f"{settings.app_id}-__assignor-__leader", 1, rf),
+    ]
+    topics += [NewTopic(settings.changelog_topic(t), n, rf, topic_configs=COMPACT) for t in TABLES]
+    return topics
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the missing topics; return their names. Raises StartupError if Kafka is unreachable."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(settings.startup_timeout * 1000)
+    )
+    try:
+        await asyncio.wait_for(admin.start(), settings.startup_timeout)
+        existing = set(await asyncio.wait_for(admin.list_topics(), settings.startup_timeout))
+        missing = [t for t in wanted_topics(settings) if t.name not in existing]
+        if missing:
+            await asyncio.wait_for(admin.create_topics(missing), settings.startup_timeout)
+            log.info("created topics: %s", ", ".join(t.name for t in missing))
+        return [t.name for t in missing]
+    except (TimeoutError, OSError) as exc:
+        raise StartupError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("aiokafka"):
+            raise StartupError(f"Kafka at {settings.bootstrap_servers} refused: {exc!r}") from exc
+        raise
+    finally:
+        await admin.close()
