@@ -3,9 +3,10 @@
 #
 #   benchmarks/profile_worker.sh PID [SECONDS] [OUT_PREFIX]
 #
-# Writes OUT_PREFIX.svg (flame graph), OUT_PREFIX.raw (collapsed stacks) and
-# OUT_PREFIX.txt (top functions by self and inclusive time, by package, by thread),
-# OUT_PREFIX defaulting to benchmarks/results/profile-<pid>-<date>.
+# Writes OUT_PREFIX.txt (top functions by self and inclusive time, by package, by asyncio
+# task, by thread), OUT_PREFIX defaulting to benchmarks/results/profile-<pid>-<date>, and the
+# collapsed stacks (megabytes: kept out of git) to .pytest_cache/logs/<name>.raw;
+# SVG=1 also records a flame graph OUT_PREFIX.svg (a second recording, after the first).
 # Installs py-spy into .venv if it is missing. Needs ptrace rights on the worker
 # (root, or the same user with kernel.yama.ptrace_scope=0; in Docker: --cap-add SYS_PTRACE).
 #
@@ -21,21 +22,21 @@ cd "$(dirname "$0")/.."
 pid=${1:?usage: benchmarks/profile_worker.sh PID [SECONDS] [OUT_PREFIX]}
 seconds=${2:-20}
 out=${3:-benchmarks/results/profile-${pid}-$(date +%Y-%m-%d)}
-mkdir -p "$(dirname "$out")"
+raw=.pytest_cache/logs/$(basename "$out").raw
+mkdir -p "$(dirname "$out")" .pytest_cache/logs
 
 if [ ! -x .venv/bin/py-spy ]; then
   .venv/bin/pip install --quiet py-spy
 fi
 
-# Two passes over the same process would profile different moments: record raw stacks
-# once and draw the flame graph from them if flamegraph.pl is around; py-spy's own SVG
-# needs a second recording, so it is made only when asked (SVG=1).
+# Collapsed stacks first (what the summary reads); py-spy's SVG needs a recording of its
+# own, of a later moment, so it is made only when asked (SVG=1).
 .venv/bin/py-spy record --pid "$pid" --duration "$seconds" --rate 100 --threads --full-filenames \
-  --format raw -o "$out.raw"
+  --format raw -o "$raw"
 if [ "${SVG:-0}" = 1 ]; then
   .venv/bin/py-spy record --pid "$pid" --duration "$seconds" --rate 100 -o "$out.svg"
 fi
-.venv/bin/python - "$out.raw" "$out.txt" <<'EOF'
+.venv/bin/python - "$raw" "$out.txt" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -45,4 +46,4 @@ text, _ = summarize_profile(Path(sys.argv[1]), top=25)
 Path(sys.argv[2]).write_text(text + "\n")
 print(text)
 EOF
-echo "wrote $out.raw and $out.txt"; if [ "${SVG:-0}" = 1 ]; then echo "and $out.svg"; fi
+echo "wrote $out.txt (stacks: $raw)"; if [ "${SVG:-0}" = 1 ]; then echo "and $out.svg"; fi

@@ -27,7 +27,8 @@ redis-server it starts unless REDIS_URL is set):
 
 CPU: utime+stime from /proc/<pid>/stat for the broker and the worker, and the machine's
 busy time from /proc/stat ("others" = what other processes used meanwhile: this machine
-is shared and noisy). Writes benchmarks/results/throughput-<date>.json.
+is shared and noisy). Writes benchmarks/results/throughput-<date>.json; worker logs, the
+broker's log and py-spy's raw stacks go to .pytest_cache/logs/ (not kept in git).
 """
 
 from __future__ import annotations

@@ -54,13 +54,11 @@ def worker(loglevel: str | None, web_port: int | None) -> None:
     except StartupError as exc:
         log.critical("start-up failed: %s", exc)
         sys.exit(2)
-    import faust
-
-    from workers.app import create_app
+    from workers.app import QuietWorker, create_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     runtime = create_app(settings)
-    faust.Worker(runtime.app, loglevel=level.lower()).execute_from_commandline()
+    QuietWorker(runtime.app, loglevel=level.lower()).execute_from_commandline()
 
 
 @main.command()

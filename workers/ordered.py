@@ -14,8 +14,8 @@ import json
 import logging
 import math
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from workers.handlers import Context, Registry
 from workers.metrics import Metrics
 from workers.records import InRecord
 from workers.settings import Settings
+from workers.sink import Sink
 from workers.state_store import Snapshot, TableStore
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class OrderedProcessor:
         self,
         settings: Settings,
         store: TableStore,
-        producer: Any,
+        sink: Sink,
         registry: Registry,
         effects: Any,
         metrics: Metrics,
@@ -78,7 +79,7 @@ class OrderedProcessor:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.producer = producer
+        self.sink = sink
         self.registry = registry
         self.effects = effects
         self.metrics = metrics
@@ -87,7 +88,8 @@ class OrderedProcessor:
         self.clock = clock
         self.limits = Limits(settings.max_buffered_per_aggregate, settings.max_seen_ids)
         self.lock = asyncio.Lock()
-        self._sends: list[Awaitable[Any]] = []
+        #: Per-batch counts by label, added to the Prometheus counters once per batch.
+        self._counts: dict[Any, Counter[str]] = defaultdict(Counter)
         self._loaded: dict[bytes, Loaded] = {}
         #: Aggregates with buffered events or parked, by key -> partition. Derived from the
         #: tables (rebuilt when the assignment changes); it only saves scanning every key.
@@ -100,12 +102,14 @@ class OrderedProcessor:
 
     async def process_batch(self, records: Sequence[InRecord]) -> None:
         async with self.lock:
+            await self.sink.start()
             started = time.perf_counter()
-            received = self.metrics.received
+            received = self._counts[self.metrics.received]
             for rec in records:
-                received.labels(rec.topic).inc()
+                received[rec.topic] += 1
                 await self._process(rec)
             await self._commit_state()
+            self._count_batch()
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def _process(self, rec: InRecord) -> None:
@@ -125,7 +129,7 @@ class OrderedProcessor:
         if rec.key != key and rec.topic == self.settings.input_topic:
             # Keyed by something else: route it through the repartition topic, keyed by
             # the aggregate, so the worker that owns the aggregate's partition gets it.
-            await self._send(self.settings.repartition_topic, key, rec.value, None, rec.timestamp, rec.headers)
+            await self.sink.send_keyed(self.settings.repartition_topic, key, rec.value, rec.timestamp_ms, rec.headers)
             return
         loaded = await self._load(key, rec.partition)
         if env.source == CONTROL_SOURCE and env.type == RESOLVE_TYPE:
@@ -148,9 +152,9 @@ class OrderedProcessor:
             assert held is not None
             held.record = rec.to_json()
             self._buffered[loaded.partition] += 1
-            m.out_of_order.labels(env.type).inc()
+            self._counts[m.out_of_order][env.type] += 1
         elif verdict is Verdict.DUPLICATE:
-            m.duplicates.labels(env.type).inc()
+            self._counts[m.duplicates][env.type] += 1
         elif verdict is Verdict.LATE:
             await self._late(loaded, env, rec, policy)
         elif verdict is Verdict.CONFLICT:
@@ -204,15 +208,15 @@ class OrderedProcessor:
             await self._fail(loaded, env, rec, failure, policy)
             return
         core.applied(loaded.agg, incoming, self.clock(), limits=self.limits)
-        self.metrics.applied.labels(env.type).inc()
+        self._counts[self.metrics.applied][env.type] += 1
         if rec.timestamp:
             self.metrics.apply_lag_seconds.observe(max(0.0, time.time() - rec.timestamp))
-        await self._send(
+        self.sink.add(
             self.settings.output_topic,
+            loaded.partition,
             env.aggregate_id.encode(),
             rec.value,
-            loaded.partition,
-            rec.timestamp,
+            rec.timestamp_ms,
             rec.headers,
         )
 
@@ -339,6 +343,7 @@ class OrderedProcessor:
     async def sweep(self, active: set[int]) -> None:
         """Gap timeouts, TTL expiry and gauges for the aggregates this worker owns."""
         async with self.lock:
+            await self.sink.start()
             now = self.clock()
             if self._held_for != frozenset(active):
                 self._rebuild_index(active)
@@ -367,7 +372,7 @@ class OrderedProcessor:
             loaded = await self._load(key, partition)
             loaded.agg.seen.prune(now, ttl)
             if core.is_idle(loaded.agg, now, ttl):
-                await self.store.save(key, loaded.agg, partition, loaded.before, forget=True)
+                self.store.save(key, loaded.agg, partition, loaded.before, forget=True)
                 del self._loaded[key]
 
     def _update_gauges(self, active: set[int]) -> None:
@@ -392,30 +397,22 @@ class OrderedProcessor:
     async def _commit_state(self) -> None:
         """Write every changed aggregate, then wait for every record of the batch to be acknowledged."""
         for key, loaded in self._loaded.items():
-            await self.store.save(key, loaded.agg, loaded.partition, loaded.before)
+            self.store.save(key, loaded.agg, loaded.partition, loaded.before)
             if len(loaded.agg.buffer) or loaded.agg.seq.parked is not None:
                 self._held[key] = loaded.partition
             else:
                 self._held.pop(key, None)
         self._loaded.clear()
         try:
-            await self.store.flush()  # flushes the producer: every topic, not only changelogs
-            sends, self._sends = self._sends, []
-            for fut in sends:
-                await fut
+            await self.sink.flush()  # output, DLQ, audit, repartition and changelogs
         except Exception as exc:
             raise CriticalError(f"a produce failed; the batch is not acknowledged: {exc!r}") from exc
 
-    async def _send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: list[tuple[str, bytes | None]],
-    ) -> None:
-        self._sends.append(await self.producer.send(topic, key, value, partition, timestamp, headers))
+    def _count_batch(self) -> None:
+        for metric, counts in self._counts.items():
+            for label, n in counts.items():
+                metric.labels(label).inc(n)
+        self._counts.clear()
 
     def _failure(self, env: Envelope, failure: HandlerFailure) -> Failure:
         return Failure(
@@ -427,7 +424,7 @@ class OrderedProcessor:
             rec.topic,
             rec.partition,
             rec.offset,
-            None if rec.timestamp is None else int(rec.timestamp * 1000),
+            rec.timestamp_ms,
             rec.key,
             rec.value,
             rec.headers,
@@ -442,7 +439,7 @@ class OrderedProcessor:
             failure.error_class,
             failure.message[:200],
         )
-        await self._send(self.settings.dlq, rec.key, rec.value, None, rec.timestamp, headers)
+        await self.sink.send_keyed(self.settings.dlq, rec.key, rec.value, rec.timestamp_ms, headers)
 
     async def _audit(self, kind: str, key: bytes, **fields: Any) -> None:
         body = {
@@ -452,4 +449,4 @@ class OrderedProcessor:
             "worker": self.worker_id,
             **fields,
         }
-        await self._send(self.settings.audit_topic, key, json.dumps(body).encode(), 0, None, [])
+        self.sink.add(self.settings.audit_topic, 0, key, json.dumps(body).encode(), None, ())

@@ -16,6 +16,10 @@ class InRecord:
     value: bytes | None
     headers: list[tuple[str, bytes | None]] = field(default_factory=list)  # aiokafka gives None for null values
 
+    @property
+    def timestamp_ms(self) -> int | None:
+        return None if self.timestamp is None else int(self.timestamp * 1000)
+
     @classmethod
     def from_message(cls, message: Any) -> InRecord:
         return cls(
