@@ -147,6 +147,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     )
     processor = runtime.processor
 
+    @app.on_before_shutdown.connect  # type: ignore[misc,arg-type]
+    async def stop_sink(app: faust.App, **_: Any) -> None:
+        # After the consumer stopped: every batch acknowledged has been flushed already.
+        await sink.stop()
+        await redis.aclose()
+
     @app.agent(channel, name="ordered", concurrency=1)
     async def ordered(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, settings.batch_within):
