@@ -31,6 +31,17 @@ class SeenIds:
         while len(self.ids) > max_ids:
             del self.ids[next(iter(self.ids))]
 
+    def trim_to_bytes(self, max_bytes: int, per_entry: int = 32) -> int:
+        """Forget the oldest IDs until their JSON form (key + ~``per_entry`` bytes each) fits."""
+        size = sum(len(key) + per_entry for key in self.ids)
+        dropped = 0
+        while size > max_bytes and self.ids:
+            key = next(iter(self.ids))
+            del self.ids[key]
+            size -= len(key) + per_entry
+            dropped += 1
+        return dropped
+
     def prune(self, now: float, ttl: float) -> int:
         """Forget IDs applied more than ``ttl`` seconds ago; return how many went."""
         dropped = 0

@@ -137,7 +137,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     sink = Sink(lambda: _producer(settings), seal_topics=changelogs if settings.seal_changelog_batches else frozenset())
     runtime.processor = OrderedProcessor(
         settings,
-        TableStore(*tables, sink=sink),
+        TableStore(*tables, sink=sink, max_record_bytes=settings.max_state_record_bytes),
         sink,
         load_domains(settings.domains),
         Effects(redis, prefix=settings.redis_prefix),

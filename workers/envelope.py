@@ -25,6 +25,8 @@ SEQUENCE_ATTR = "sequence"
 PARTITION_KEY_ATTR = "partitionkey"
 SCHEMA_VERSION_ATTR = "schemaversion"
 REQUIRED = ("specversion", "type", "source")
+#: Longest id, source, type or aggregate ID: they are stored per aggregate (seen IDs, buffers).
+MAX_ATTRIBUTE_CHARS = 512
 _MISSING = object()
 
 
@@ -157,6 +159,8 @@ def decode(
         raise DecodeError("no aggregate ID: neither a partitionkey attribute nor a record key")
     identities = (("aggregate ID", aggregate), ("id", event_id), ("source", attrs["source"]), ("type", attrs["type"]))
     for what, text in identities:
+        if len(text) > MAX_ATTRIBUTE_CHARS:
+            raise DecodeError(f"{what} is longer than {MAX_ATTRIBUTE_CHARS} characters")
         if not text.isascii():
             try:  # JSON text may escape a lone surrogate, which no key or Redis name can carry
                 text.encode()

@@ -62,6 +62,7 @@ class Loaded:
     agg: Aggregate
     before: Snapshot
     partition: int
+    buffer_bytes: int | None = None  # the reorder buffer's JSON size, computed when first needed
 
 
 class OrderedProcessor:
@@ -137,7 +138,7 @@ class OrderedProcessor:
             return
         await self._receive(loaded, env, rec)
 
-    async def _receive(self, loaded: Loaded, env: Envelope, rec: InRecord) -> None:
+    async def _receive(self, loaded: Loaded, env: Envelope, rec: InRecord, *, retried: bool = False) -> None:
         agg, now = loaded.agg, self.clock()
         policy = self.policies.for_type(env.type)
         incoming = Incoming(env.sequence, env.idempotency_key, env.type)
@@ -148,9 +149,9 @@ class OrderedProcessor:
             await self._apply(loaded, env, rec, policy)
             await self._drain(loaded)
         elif verdict is Verdict.BUFFERED or verdict is Verdict.HELD:
-            held = agg.buffer.get(env.sequence)  # type: ignore[arg-type]
-            assert held is not None
-            held.record = rec.to_json()
+            if not self._hold(loaded, env, rec):
+                await self._overflow(loaded, env, rec, retried=retried)
+                return
             self._buffered[loaded.partition] += 1
             self._counts[m.out_of_order][env.type] += 1
         elif verdict is Verdict.DUPLICATE:
@@ -165,7 +166,23 @@ class OrderedProcessor:
                 HandlerFailure(ORDER_VIOLATION, f"sequence {env.sequence} is already held by another event", 0),
             )
         elif verdict is Verdict.OVERFLOW:
-            await self._overflow(loaded, env, rec)
+            await self._overflow(loaded, env, rec, retried=retried)
+
+    def _hold(self, loaded: Loaded, env: Envelope, rec: InRecord) -> bool:
+        """Keep the input record with its buffered entry, unless the aggregate's buffer would
+        outgrow one changelog record (then it is taken out again: an overflow)."""
+        held = loaded.agg.buffer.get(env.sequence)  # type: ignore[arg-type]
+        assert held is not None
+        held.record = rec.to_json()
+        if loaded.buffer_bytes is None:
+            loaded.buffer_bytes = sum(_record_bytes(b.record) for b in loaded.agg.buffer.items.values())
+        else:
+            loaded.buffer_bytes += _record_bytes(held.record)
+        if loaded.buffer_bytes > self.settings.max_state_record_bytes:
+            loaded.agg.buffer.pop(held.seq)
+            loaded.buffer_bytes -= _record_bytes(held.record)
+            return False
+        return True
 
     async def _late(self, loaded: Loaded, env: Envelope, rec: InRecord, policy: Policy) -> None:
         next_seq = loaded.agg.seq.next_seq
@@ -180,21 +197,12 @@ class OrderedProcessor:
             msg = f"late event: sequence {env.sequence} is behind the next expected {next_seq} and was never applied"
             await self._dead_letter(rec, self._failure(env, HandlerFailure(ORDER_VIOLATION, msg, 0)))
 
-    async def _overflow(self, loaded: Loaded, env: Envelope, rec: InRecord) -> None:
-        if self.settings.overflow_policy == "skip_gap" and len(loaded.agg.buffer):
-            # Give up on the oldest gap now, as if its timeout had passed, then try again.
+    async def _overflow(self, loaded: Loaded, env: Envelope, rec: InRecord, *, retried: bool = False) -> None:
+        if self.settings.overflow_policy == "skip_gap" and not retried and len(loaded.agg.buffer):
+            # Give up on the oldest gap now, as if its timeout had passed, then decide again.
             await self._expire_gaps(loaded, math.inf)
-            if core.receive(
-                loaded.agg,
-                Incoming(env.sequence, env.idempotency_key, env.type),
-                self.policies.for_type(env.type),
-                self.clock(),
-                limits=self.limits,
-            ) in (Verdict.BUFFERED, Verdict.HELD):
-                held = loaded.agg.buffer.get(env.sequence)  # type: ignore[arg-type]
-                assert held is not None
-                held.record = rec.to_json()
-                return
+            await self._receive(loaded, env, rec, retried=True)
+            return
         in_partition = self._buffered[loaded.partition]
         msg = f"reorder buffer full ({len(loaded.agg.buffer)} held for this aggregate, {in_partition} in its partition)"
         await self._dead_letter(rec, self._failure(env, HandlerFailure(BUFFER_OVERFLOW, msg, 0)))
@@ -222,6 +230,7 @@ class OrderedProcessor:
 
     async def _drain(self, loaded: Loaded) -> None:
         """Apply buffered events that are now in order."""
+        loaded.buffer_bytes = None  # recomputed when next needed
         while (entry := core.pop_ready(loaded.agg)) is not None:
             self._buffered[loaded.partition] -= 1
             rec = InRecord.from_json(entry.record)
@@ -450,3 +459,11 @@ class OrderedProcessor:
             **fields,
         }
         self.sink.add(self.settings.audit_topic, 0, key, json.dumps(body).encode(), None, ())
+
+
+def _record_bytes(record: Any) -> int:
+    """About the JSON size of a buffered record (value, key, headers and framing)."""
+    if record is None:
+        return 16
+    _, _, _, _, key, value, headers = record
+    return 96 + len(value or "") + len(key or "") + sum(len(k) + len(v or "") + 8 for k, v in headers)

@@ -64,11 +64,20 @@ class Settings(BaseSettings):
     state_ttl: float = Field(
         86_400.0, gt=0, description="Seconds of aggregate inactivity after which its state is forgotten"
     )
-    max_seen_ids: int = Field(10_000, ge=1, description="Seen event IDs kept per aggregate (besides the TTL)")
+    max_seen_ids: int = Field(1_000, ge=1, description="Seen event IDs kept per aggregate (besides the TTL)")
+    max_state_record_bytes: int = Field(
+        900_000,
+        ge=10_000,
+        description="Largest changelog record: a reorder buffer or seen-ID set past it overflows or is trimmed",
+    )
     derive_missing_ids: bool = Field(
         True, description="An event without an id gets SHA-256 of its canonical data (false: dead-letter it)"
     )
-    max_event_bytes: int = Field(1_000_000, ge=1, description="Larger input records are dead-lettered")
+    max_event_bytes: int = Field(
+        256_000,
+        ge=1,
+        description="Larger input records are dead-lettered (a buffered event must fit a changelog record)",
+    )
 
     # --- handlers and retries ---
     handler_attempts: int = Field(

@@ -18,7 +18,11 @@ from tables.reorder import ReorderBuffer
 from tables.seen import SeenIds
 from tables.sequence import SequenceState
 from tables.sequencer import Aggregate
+from workers.envelope import MAX_ATTRIBUTE_CHARS
 from workers.sink import Sink
+
+#: An idempotency key is source + separator + id.
+MAX_KEY_CHARS = 2 * MAX_ATTRIBUTE_CHARS + 1
 
 
 def _dumps(value: Any) -> bytes:
@@ -40,6 +44,7 @@ class TableStore:
     seen: Any
     reorder: Any
     sink: Sink
+    max_record_bytes: int = 900_000
 
     def load(self, key: bytes) -> tuple[Aggregate, Snapshot]:
         seq_raw = self.sequence.data.get(key)
@@ -55,6 +60,8 @@ class TableStore:
     def save(self, key: bytes, agg: Aggregate, partition: int, before: Snapshot, *, forget: bool = False) -> None:
         """Write the parts of ``agg`` that differ from ``before``; ``forget`` deletes them all."""
         agg.seq.partition = partition
+        if len(agg.seen) * (MAX_KEY_CHARS + 32) > self.max_record_bytes:
+            agg.seen.trim_to_bytes(self.max_record_bytes)  # a dedupe window, not a ledger
         seq = None if forget else agg.seq.to_json()
         buf = None if forget or not len(agg.buffer) else {"pt": partition, "b": agg.buffer.to_json()}
         seen = None if forget or not len(agg.seen) else dict(agg.seen.to_json())

@@ -28,6 +28,7 @@ ENV = {
     "SEQGUARD_DERIVE_MISSING_IDS": "false",
     "SEQGUARD_MAX_BUFFERED_PER_AGGREGATE": "5",
     "SEQGUARD_MAX_EVENT_BYTES": "10000",
+    "SEQGUARD_MAX_STATE_RECORD_BYTES": "10000",
     "SEQGUARD_RETRY_BASE_DELAY": "0.01",
 }
 
@@ -57,6 +58,7 @@ def bad_records() -> list[tuple[str, bytes | None, list, bytes | None]]:
         ("deserialization_failed", b"a-binary-header", bin_h, bin_v),
         ("deserialization_failed", b"a-too-big", CE, structured({**ok, "sequence": 1, "data": {"pad": "x" * 20_000}})),
         ("deserialization_failed", b"a-empty", [], None),
+        ("deserialization_failed", b"a-long-id", CE, structured({**ok, "id": "i" * 600, "sequence": 1})),
         (
             "schema_invalid",
             b"o-bad-data",
@@ -116,13 +118,16 @@ async def test_every_kind_of_bad_input_is_dead_lettered_with_its_class(broker, r
     bad = bad_records()
     late = [event("late", 1, "note"), event("late", 2, "note"), event("late", 1, "note", id="late-other")]
     overflow = [event("full", s, "note") for s in range(2, 9)]  # 1 never comes: 5 buffered, 2 overflow
+    # 4 kB events: two fit in a 10 kB changelog record, the next three overflow by size.
+    too_big = [event("big", s, "note", {"pad": "x" * 4000}) for s in range(2, 7)]
     worker = Worker(deployment)
     try:
         await worker.ready()
-        places = await send_each(broker.bootstrap, settings.input_topic, [r[1:] for r in bad] + late + overflow)
+        places = await send_each(broker.bootstrap, settings.input_topic, [r[1:] for r in bad] + late + overflow + too_big)
         expected = {place: cls for place, (cls, *_) in zip(places, bad, strict=False)}
         expected[places[len(bad) + 2]] = "order_violation"
-        for place in places[len(bad) + len(late) + 5 :]:
+        start = len(bad) + len(late)
+        for place in places[start + 5 : start + len(overflow)] + places[start + len(overflow) + 2 :]:
             expected[place] = "buffer_overflow"
         dlq = await consume_all(broker.bootstrap, settings.dlq, expect=len(expected), timeout=60)
         got = dlq_class_by_place(dlq)
