@@ -18,6 +18,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
@@ -109,6 +110,8 @@ async def main_async(args: argparse.Namespace) -> int:
             "command": f".venv/bin/python -m benchmarks.replay --records {args.records} --aggregates {args.aggregates}",
         }
         print(json.dumps(report, indent=2))
+        out = Path(__file__).parent / "results" / f"replay-{time.strftime('%Y-%m-%d')}.json"
+        out.write_text(json.dumps(report, indent=2) + "\n")
         return 0 if in_order and sent == args.records else 1
     finally:
         broker.stop()

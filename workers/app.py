@@ -156,7 +156,22 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     @app.agent(channel, name="ordered", concurrency=1)
     async def ordered(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, settings.batch_within):
-            await _run_batch(processor, [InRecord.from_message(e.message) for e in events])
+            # Events taken before a rebalance may belong to partitions revoked since: another
+            # worker owns their state now, and Faust discards commits for them, so they are
+            # left for their new owner rather than written to its changelogs from here.
+            assigned = app.consumer.assignment()
+            records = [InRecord.from_message(e.message) for e in events if e.message.tp in assigned]
+            if len(records) < len(events):
+                log.info("left %d events of revoked partitions to their new owner", len(events) - len(records))
+            if records:
+                await _run_batch(processor, records)
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc,arg-type]
+    async def finish_batch_before_revocation(app: faust.App, revoked: set[Any], **_: Any) -> None:
+        # The rebalance waits for this: no batch is still writing the revoked partitions'
+        # changelogs when their new owner starts restoring them.
+        async with processor.lock:
+            pass
 
     @app.timer(settings.gap_check_interval)
     async def sweep() -> None:
