@@ -1,1 +1,0 @@
-"""seqguard workers: the Faust app, the ordered processor, the DLQ and the CLI."""

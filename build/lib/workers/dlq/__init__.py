@@ -1,1 +1,0 @@
-"""The dead-letter queue: record format, reading, replay and the DLQ agent."""

@@ -1,1 +1,0 @@
-"""Reference domains: small state machines that show why order matters."""
