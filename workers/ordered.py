@@ -113,16 +113,20 @@ class OrderedProcessor:
             self._count_batch()
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
+    def _decode(self, rec: InRecord) -> Envelope:
+        s = self.settings
+        return decode(
+            rec.key,
+            rec.value,
+            rec.headers,
+            max_sequence=s.max_sequence,
+            max_bytes=s.max_event_bytes,
+            derive_ids=s.derive_missing_ids,
+        )
+
     async def _process(self, rec: InRecord) -> None:
         try:
-            env = decode(
-                rec.key,
-                rec.value,
-                rec.headers,
-                max_sequence=self.settings.max_sequence,
-                max_bytes=self.settings.max_event_bytes,
-                derive_ids=self.settings.derive_missing_ids,
-            )
+            env = self._decode(rec)
         except DecodeError as exc:
             await self._dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
             return
@@ -235,14 +239,7 @@ class OrderedProcessor:
             self._buffered[loaded.partition] -= 1
             rec = InRecord.from_json(entry.record)
             try:
-                env = decode(
-                    rec.key,
-                    rec.value,
-                    rec.headers,
-                    max_sequence=self.settings.max_sequence,
-                    max_bytes=self.settings.max_event_bytes,
-                    derive_ids=self.settings.derive_missing_ids,
-                )
+                env = self._decode(rec)
             except DecodeError as exc:  # it decoded when it was buffered; never expected
                 await self._dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
                 continue
