@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from tables.reorder import reorder_table
 from tables.seen import seen_table
 from tables.sequence import sequence_table
+from workers import batch_delivery
 from workers.effects import Effects
 from workers.handlers import load_domains
 from workers.metrics import Metrics
@@ -153,18 +154,29 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
         await sink.stop()
         await redis.aclose()
 
+    async def deliver(records: list[InRecord]) -> None:
+        # Records taken before a rebalance may belong to partitions revoked since: another
+        # worker owns their state now, and Faust discards commits for them, so they are
+        # left to their new owner rather than written to its changelogs from here.
+        assigned = app.consumer.assignment()
+        kept = [r for r in records if (r.topic, r.partition) in assigned]
+        if len(kept) < len(records):
+            log.info("left %d records of revoked partitions to their new owner", len(records) - len(kept))
+        if kept:
+            await _run_batch(processor, kept)
+
+    if settings.batch_delivery:
+        batch_delivery.install()
+        app.seqguard_delivery = batch_delivery.Delivery(  # type: ignore[attr-defined]
+            frozenset({settings.input_topic, settings.repartition_topic}), deliver
+        )
+
     @app.agent(channel, name="ordered", concurrency=1)
     async def ordered(stream: Any) -> None:
+        """The ordered topics' subscriber. With batch delivery (the default) their records reach
+        ``deliver`` straight from the fetch, and this stream stays empty."""
         async for events in stream.take_events(settings.batch_max, settings.batch_within):
-            # Events taken before a rebalance may belong to partitions revoked since: another
-            # worker owns their state now, and Faust discards commits for them, so they are
-            # left for their new owner rather than written to its changelogs from here.
-            assigned = app.consumer.assignment()
-            records = [InRecord.from_message(e.message) for e in events if e.message.tp in assigned]
-            if len(records) < len(events):
-                log.info("left %d events of revoked partitions to their new owner", len(events) - len(records))
-            if records:
-                await _run_batch(processor, records)
+            await deliver([InRecord.from_message(e.message) for e in events])
 
     @app.on_partitions_revoked.connect  # type: ignore[misc,arg-type]
     async def finish_batch_before_revocation(app: faust.App, revoked: set[Any], **_: Any) -> None:

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     dlq_agent_interval: float = Field(30.0, gt=0, description="Seconds between DLQ agent passes")
 
     # --- batching and latency ---
+    batch_delivery: bool = Field(
+        True, description="Hand fetched records to the processor in batches, bypassing Faust's per-message dispatch"
+    )
     batch_max: int = Field(1_000, ge=1, description="Most events taken per batch")
     batch_within: float = Field(0.05, gt=0, description="Longest wait in seconds to fill a batch")
     fetch_max_wait_ms: int = Field(
