@@ -123,7 +123,9 @@ async def test_every_kind_of_bad_input_is_dead_lettered_with_its_class(broker, r
     worker = Worker(deployment)
     try:
         await worker.ready()
-        places = await send_each(broker.bootstrap, settings.input_topic, [r[1:] for r in bad] + late + overflow + too_big)
+        places = await send_each(
+            broker.bootstrap, settings.input_topic, [r[1:] for r in bad] + late + overflow + too_big
+        )
         expected = {place: cls for place, (cls, *_) in zip(places, bad, strict=False)}
         expected[places[len(bad) + 2]] = "order_violation"
         start = len(bad) + len(late)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from tests.conftest import DELIVERIES
 from tests.harness import (
     Deployment,
     Worker,
@@ -102,6 +103,7 @@ def diff(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str
 
 @pytest.mark.fault
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("deployment", DELIVERIES, indirect=True)
 async def test_sigkilled_worker_loses_nothing_and_recovers_tables_key_by_key(
     deployment: Deployment, broker, redis_url
 ) -> None:

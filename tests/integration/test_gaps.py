@@ -21,7 +21,9 @@ ordering = "unordered"
 
 
 def sequences(records: list, aggregate: str) -> list[int]:
-    return [json.loads(r.value)["sequence"] for r in sorted(records, key=lambda r: r.offset) if r.key.decode() == aggregate]
+    return [
+        json.loads(r.value)["sequence"] for r in sorted(records, key=lambda r: r.offset) if r.key.decode() == aggregate
+    ]
 
 
 async def test_gap_is_skipped_once_after_timeout_and_a_late_arrival_is_an_order_violation(
@@ -32,7 +34,11 @@ async def test_gap_is_skipped_once_after_timeout_and_a_late_arrival_is_an_order_
     deployment = Deployment(
         broker.url,
         redis_url,
-        extra={"SEQGUARD_GAP_TIMEOUT": "1.5", "SEQGUARD_GAP_CHECK_INTERVAL": "0.3", "SEQGUARD_POLICY_FILE": str(policy_file)},
+        extra={
+            "SEQGUARD_GAP_TIMEOUT": "1.5",
+            "SEQGUARD_GAP_CHECK_INTERVAL": "0.3",
+            "SEQGUARD_POLICY_FILE": str(policy_file),
+        },
     )
     await deployment.create_topics()
     settings = deployment.settings()
@@ -52,7 +58,9 @@ async def test_gap_is_skipped_once_after_timeout_and_a_late_arrival_is_an_order_
         assert sequences(out, "acct-1") == [1, 2, 4, 5]
         assert sequences(out, "ledger-1") == [1]  # parked, 3 held
         assert sequences(out, "visitor-1") == [3, 1, 2]
-        audit = [json.loads(r.value) for r in await consume_all(broker.bootstrap, settings.audit_topic, expect=2, timeout=10)]
+        audit = [
+            json.loads(r.value) for r in await consume_all(broker.bootstrap, settings.audit_topic, expect=2, timeout=10)
+        ]
         kinds = sorted((a["kind"], a["aggregate"]) for a in audit)
         assert kinds == [("gap_parked", "ledger-1"), ("gap_skipped", "acct-1")]
         skipped = next(a for a in audit if a["kind"] == "gap_skipped")
@@ -66,7 +74,18 @@ async def test_gap_is_skipped_once_after_timeout_and_a_late_arrival_is_an_order_
         # The operator resolves the parked ledger: skip 2, continue at 3.
         env = {**os.environ, **deployment.env()}
         proc = subprocess.run(
-            [sys.executable, "-m", "workers.cli", "aggregates", "resolve", "ledger-1", "--skip-to", "3", "--reason", "entry 2 voided"],
+            [
+                sys.executable,
+                "-m",
+                "workers.cli",
+                "aggregates",
+                "resolve",
+                "ledger-1",
+                "--skip-to",
+                "3",
+                "--reason",
+                "entry 2 voided",
+            ],
             env=env,
             cwd=ROOT,
             capture_output=True,

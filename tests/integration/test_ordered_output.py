@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from tests.conftest import DELIVERIES
 from tests.harness import (
     Deployment,
     Worker,
@@ -32,6 +35,7 @@ def scenario(rng: random.Random) -> tuple[list, int]:
     return records, len(in_order)
 
 
+@pytest.mark.parametrize("deployment", DELIVERIES, indirect=True)
 async def test_shuffled_duplicated_events_come_out_in_order_once(deployment: Deployment, broker) -> None:
     rng = random.Random(1)
     records, unique = scenario(rng)
