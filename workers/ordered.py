@@ -35,7 +35,7 @@ from workers.errors import (
     SeqguardError,
 )
 from workers.handlers import Context, Registry
-from workers.metrics import Metrics
+from workers.metrics import BatchObserver, Metrics
 from workers.records import InRecord
 from workers.settings import Settings
 from workers.sink import Sink
@@ -91,6 +91,7 @@ class OrderedProcessor:
         self.lock = asyncio.Lock()
         #: Per-batch counts by label, added to the Prometheus counters once per batch.
         self._counts: dict[Any, Counter[str]] = defaultdict(Counter)
+        self._apply_lag = BatchObserver(metrics.apply_lag_seconds)
         self._loaded: dict[bytes, Loaded] = {}
         #: Aggregates with buffered events or parked, by key -> partition. Derived from the
         #: tables (rebuilt when the assignment changes); it only saves scanning every key.
@@ -219,10 +220,11 @@ class OrderedProcessor:
         if failure is not None:
             await self._fail(loaded, env, rec, failure, policy)
             return
-        core.applied(loaded.agg, incoming, self.clock(), limits=self.limits)
+        now = self.clock()
+        core.applied(loaded.agg, incoming, now, limits=self.limits)
         self._counts[self.metrics.applied][env.type] += 1
         if rec.timestamp:
-            self.metrics.apply_lag_seconds.observe(max(0.0, time.time() - rec.timestamp))
+            self._apply_lag.observe(max(0.0, now - rec.timestamp))
         self.sink.add(
             self.settings.output_topic,
             loaded.partition,
@@ -415,6 +417,7 @@ class OrderedProcessor:
             raise CriticalError(f"a produce failed; the batch is not acknowledged: {exc!r}") from exc
 
     def _count_batch(self) -> None:
+        self._apply_lag.flush()
         for metric, counts in self._counts.items():
             for label, n in counts.items():
                 metric.labels(label).inc(n)
