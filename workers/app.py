@@ -168,7 +168,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     if settings.batch_delivery:
         batch_delivery.install()
         app.seqguard_delivery = batch_delivery.Delivery(  # type: ignore[attr-defined]
-            frozenset({settings.input_topic, settings.repartition_topic}), deliver
+            frozenset({settings.input_topic, settings.repartition_topic}), deliver, settings.batch_max
         )
 
     @app.agent(channel, name="ordered", concurrency=1)

@@ -45,6 +45,7 @@ class _Acked:
 class Delivery:
     topics: frozenset[str]
     handler: BatchHandler
+    max_batch: int = 1_000  # a fetch larger than this is processed in several batches
     batches: int = field(default=0)
 
 
@@ -109,11 +110,13 @@ async def _drain_in_batches(consumer: Any, fetcher: Any, delivery: Delivery) -> 
                         )
                     last = offset
                     read_offset[tp] = offset
-            if batch:
-                await delivery.handler(batch)
+            step = delivery.max_batch
+            for start in range(0, len(batch), step):
+                await delivery.handler(batch[start : start + step])
                 delivery.batches += 1
-                for message in taken:
+                for message in taken[start : start + step]:
                     consumer.ack(message)
+            if batch:
                 commit_every = consumer._commit_every
                 if commit_every is not None and consumer._n_acked >= commit_every:
                     consumer._n_acked = 0
