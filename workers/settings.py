@@ -104,7 +104,9 @@ class Settings(BaseSettings):
     batch_delivery: bool = Field(
         True, description="Hand fetched records to the processor in batches, bypassing Faust's per-message dispatch"
     )
-    batch_max: int = Field(5_000, ge=1, description="Most events per batch (more: fewer changelog writes, longer batches)")
+    batch_max: int = Field(
+        5_000, ge=1, description="Most events per batch (more: fewer changelog writes, longer batches)"
+    )
     batch_within: float = Field(0.05, gt=0, description="Longest wait in seconds to fill a batch")
     fetch_max_wait_ms: int = Field(
         500, ge=0, description="Consumer fetch wait; Faust fixes 1500 ms (lower: less latency, more broker CPU)"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 from workers.dlq.reader import markers_topic
 from workers.errors import StartupError
@@ -40,6 +42,21 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
     return topics
 
 
+TOPIC_ALREADY_EXISTS = 36  # another worker created it first: fine
+
+
+def _check_created(response: Any) -> None:
+    """CreateTopics reports errors per topic instead of raising: raise them."""
+    failed = [
+        f"{topic}: {message or code}"
+        for topic, code, *rest in response.topic_errors
+        for message in [rest[0] if rest else ""]
+        if code not in (0, TOPIC_ALREADY_EXISTS)
+    ]
+    if failed:
+        raise StartupError("cannot create topics: " + "; ".join(failed))
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics; return their names. Raises StartupError if Kafka is unreachable."""
     admin = AIOKafkaAdminClient(
@@ -50,10 +67,11 @@ async def ensure_topics(settings: Settings) -> list[str]:
         existing = set(await asyncio.wait_for(admin.list_topics(), settings.startup_timeout))
         missing = [t for t in wanted_topics(settings) if t.name not in existing]
         if missing:
-            await asyncio.wait_for(admin.create_topics(missing), settings.startup_timeout)
+            response = await asyncio.wait_for(admin.create_topics(missing), settings.startup_timeout)
+            _check_created(response)
             log.info("created topics: %s", ", ".join(t.name for t in missing))
         return [t.name for t in missing]
-    except (TimeoutError, OSError) as exc:
+    except (TimeoutError, OSError, KafkaConnectionError) as exc:
         raise StartupError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}") from exc
     except Exception as exc:
         if type(exc).__module__.startswith("aiokafka"):
