@@ -110,8 +110,8 @@ class OrderedProcessor:
             for rec in records:
                 received[rec.topic] += 1
                 await self._process(rec)
+            self._count_batch()  # before the flush: a reader of the output never sees more than /metrics
             await self._commit_state()
-            self._count_batch()
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _decode(self, rec: InRecord) -> Envelope:
