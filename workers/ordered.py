@@ -10,12 +10,13 @@ record it produced (changelogs included) was acknowledged by the broker.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 #: Control events: produced by `seqguard aggregates resolve` into the input topic, keyed by
 #: the aggregate, so the worker that owns the aggregate applies them in order with its events.
 CONTROL_SOURCE = "seqguard/cli"
+IDLE_SWEEP_CHUNK = 10_000  # aggregates looked at per sweep for TTL expiry
 RESOLVE_TYPE = "seqguard.aggregate.resolve"
 
 
@@ -99,6 +101,9 @@ class OrderedProcessor:
         self._held_for: frozenset[int] | None = None
         self._buffered: Counter[int] = Counter()
         self._last_ttl_sweep = 0.0
+        #: The TTL pass in progress: keys still to look at. A pass is spread over sweeps, a
+        #: chunk each, so it never holds the processor for long whatever the key count.
+        self._idle_keys: Iterator[tuple[bytes, int]] | None = None
 
     # ------------------------------------------------------------------ batch
 
@@ -358,9 +363,11 @@ class OrderedProcessor:
             for key, partition in list(self._held.items()):
                 loaded = await self._load(key, partition)
                 await self._expire_gaps(loaded, now)
-            if now - self._last_ttl_sweep > min(60.0, self.settings.state_ttl / 10):
+            if self._idle_keys is None and now - self._last_ttl_sweep > min(60.0, self.settings.state_ttl / 10):
                 self._last_ttl_sweep = now
-                await self._expire_idle(active, now)
+                self._idle_keys = iter(list(self.store.keys(active)))
+            if self._idle_keys is not None:
+                self._expire_idle(active, now)
             await self._commit_state()
             self._update_gauges(active)
 
@@ -374,14 +381,22 @@ class OrderedProcessor:
                 self._buffered[partition] += sum(1 for b in agg.buffer.items.values() if not b.done)
         self._held_for = frozenset(active)
 
-    async def _expire_idle(self, active: set[int], now: float) -> None:
+    def _expire_idle(self, active: set[int], now: float) -> None:
+        """Look at the next chunk of the TTL pass: prune old seen IDs, forget idle aggregates."""
+        assert self._idle_keys is not None
         ttl = self.settings.state_ttl
-        for key, partition in list(self.store.keys(active)):
-            loaded = await self._load(key, partition)
-            loaded.agg.seen.prune(now, ttl)
-            if core.is_idle(loaded.agg, now, ttl):
-                self.store.save(key, loaded.agg, partition, loaded.before, forget=True)
-                del self._loaded[key]
+        chunk = list(itertools.islice(self._idle_keys, IDLE_SWEEP_CHUNK))
+        if len(chunk) < IDLE_SWEEP_CHUNK:
+            self._idle_keys = None  # the pass is complete
+        for key, partition in chunk:
+            if partition not in active or key in self._loaded:
+                continue  # moved away since the pass began, or being written this sweep
+            agg, before = self.store.load(key)
+            agg.seen.prune(now, ttl)
+            if core.is_idle(agg, now, ttl):
+                self.store.save(key, agg, partition, before, forget=True)
+            else:
+                self.store.save(key, agg, partition, before)
 
     def _update_gauges(self, active: set[int]) -> None:
         parked: Counter[int] = Counter()

@@ -16,8 +16,8 @@ def test_batch_observer_matches_histogram_observe() -> None:
         direct.observe(v)
         observer.observe(v)
     observer.flush()
+
     def samples(h):
-        return [
-            (s.name.split("_", 1)[1], s.labels, s.value) for s in h.collect()[0].samples if "created" not in s.name
-        ]
+        return [(s.name.split("_", 1)[1], s.labels, s.value) for s in h.collect()[0].samples if "created" not in s.name]
+
     assert samples(direct) == samples(batched)

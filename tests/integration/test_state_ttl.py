@@ -1,0 +1,37 @@
+"""State of an inactive aggregate expires after SEQGUARD_STATE_TTL; a parked one never does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.harness import Deployment, Worker, consume_all, event, produce
+
+
+async def test_idle_aggregate_state_expires_but_a_held_one_stays(broker, redis_url) -> None:
+    deployment = Deployment(
+        broker.url, redis_url, extra={"SEQGUARD_STATE_TTL": "2", "SEQGUARD_GAP_CHECK_INTERVAL": "0.3"}
+    )
+    await deployment.create_topics()
+    settings = deployment.settings()
+    worker = Worker(deployment)
+    try:
+        await worker.ready()
+        # idle-1 completes; held-1 waits for its 1 (gap timeout 30 s: still buffered when the TTL passes).
+        await produce(
+            broker.bootstrap,
+            settings.input_topic,
+            [event("idle-1", 1, "note"), event("idle-1", 2, "note"), event("held-1", 2, "note")],
+        )
+        await consume_all(broker.bootstrap, settings.output_topic, expect=2, timeout=30, quiet=0.5)
+        tables = worker.tables()
+        assert "idle-1" in tables["sequence"] and "idle-1" in tables["seen"]
+        deadline = time.monotonic() + 20
+        while "idle-1" in worker.tables()["sequence"]:
+            assert time.monotonic() < deadline, "idle state never expired"
+            await asyncio.sleep(0.3)
+        tables = worker.tables()
+        assert "idle-1" not in tables["seen"]
+        assert "held-1" in tables["sequence"] and "held-1" in tables["reorder"]  # never forgotten silently
+    finally:
+        worker.stop()
