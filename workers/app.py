@@ -17,14 +17,13 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from tables.reorder import reorder_table
 from tables.seen import seen_table
 from tables.sequence import sequence_table
-from workers import batch_delivery
+from workers import batch_delivery, faust_patches
 from workers.effects import Effects
 from workers.handlers import load_domains
 from workers.metrics import Metrics
@@ -38,28 +37,6 @@ from workers.state_store import TableStore
 log = logging.getLogger(__name__)
 
 EXIT_CRITICAL = 70  # os.EX_SOFTWARE: the supervisor restarts the worker
-
-
-def _patch_fetch_wait() -> None:
-    """Faust passes a fixed fetch_max_wait_ms=1500 to aiokafka; make it the app's setting.
-
-    A waiting fetch on the embedded broker is answered only when the wait expires, so the
-    wait is the latency floor there (shared/EMBEDDED-BROKER.md, trap 11).
-    """
-    thread_cls = faust_aiokafka.AIOKafkaConsumerThread
-    if getattr(thread_cls, "_seqguard_patched", False):
-        return
-    original = thread_cls._create_worker_consumer
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        wait_ms = getattr(self.app, "seqguard_fetch_max_wait_ms", None)
-        if wait_ms is not None:
-            consumer._fetch_max_wait_ms = wait_ms
-        return consumer
-
-    thread_cls._create_worker_consumer = create  # type: ignore[method-assign]
-    thread_cls._seqguard_patched = True  # type: ignore[attr-defined]
 
 
 class QuietWorker(faust.Worker):
@@ -116,9 +93,11 @@ def worker_id(settings: Settings) -> str:
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
-    _patch_fetch_wait()
+    faust_patches.install()
     app = faust.App(settings.app_id, **faust_settings(settings))
     app.seqguard_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    if settings.probe_changelog_ends:
+        app.seqguard_bootstrap = settings.bootstrap_servers  # type: ignore[attr-defined]
     runtime = Runtime(app, settings, metrics or Metrics.create())
     n = settings.partitions
     tables = (sequence_table(app, "sequence", n), seen_table(app, "seen", n), reorder_table(app, "reorder", n))
@@ -135,7 +114,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     redis = Redis.from_url(settings.redis_url.get_secret_value())  # connects on first use
     runtime.redis = redis
     changelogs = frozenset(t.changelog_topic.get_topic_name() for t in tables)
-    sink = Sink(lambda: _producer(settings), seal_topics=changelogs if settings.seal_changelog_batches else frozenset())
+    sink = Sink(lambda: _producer(settings), state_topics=changelogs)
     runtime.processor = OrderedProcessor(
         settings,
         TableStore(*tables, sink=sink, max_record_bytes=settings.max_state_record_bytes),

@@ -112,9 +112,9 @@ class Settings(BaseSettings):
         500, ge=0, description="Consumer fetch wait; Faust fixes 1500 ms (lower: less latency, more broker CPU)"
     )
     producer_linger_ms: int = Field(5, ge=0, description="Producer linger in milliseconds")
-    seal_changelog_batches: bool = Field(
+    probe_changelog_ends: bool = Field(
         True,
-        description="End each changelog flush with a one-record batch (needed on Tansu, see EMBEDDED-BROKER.md trap 1)",
+        description="Recover tables up to a fetch's high-water mark (Tansu's ListOffsets is a batch short)",
     )
     gap_check_interval: float = Field(1.0, gt=0, description="Seconds between gap-timeout and TTL sweeps")
 

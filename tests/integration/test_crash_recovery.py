@@ -2,7 +2,7 @@
 nothing is out of order, the domain state is right, and the tables recover key by key.
 
 The key-by-key check is what catches the embedded broker's ListOffsets trap
-(EMBEDDED-BROKER.md, trap 1): run with SEQGUARD_SEAL_CHANGELOG_BATCHES=false and the
+(EMBEDDED-BROKER.md, trap 1): run with SEQGUARD_PROBE_CHANGELOG_ENDS=false and the
 recovered tables miss the tail of each changelog's last batch.
 """
 
