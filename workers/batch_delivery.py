@@ -76,7 +76,15 @@ async def _drain_in_batches(consumer: Any, fetcher: Any, delivery: Delivery) -> 
         while not (consumer_stopped() or fetcher_stopped()):
             records, active = await consumer._wait_next_records(1.0)
             await consumer.sleep(0)
-            if records is None or consumer.should_stop or not consumer.flow_active:
+            if records is None or consumer.should_stop:
+                continue
+            if not consumer.flow_active:
+                # A rebalance began after this fetch: drop it and seek back to the committed
+                # offsets, as Faust's own getmany does, so nothing fetched here is skipped.
+                try:
+                    await consumer.perform_seek()
+                except Exception as exc:  # noqa: BLE001 - Faust logs and goes on here too
+                    log.warning("seek to committed offsets failed: %r", exc)
                 continue
             batch: list[InRecord] = []
             taken: list[_Acked] = []

@@ -368,6 +368,7 @@ class OrderedProcessor:
                 self._idle_keys = iter(list(self.store.keys(active)))
             if self._idle_keys is not None:
                 self._expire_idle(active, now)
+            self._count_batch()  # events a gap skip released count too
             await self._commit_state()
             self._update_gauges(active)
 

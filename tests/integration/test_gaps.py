@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import ROOT, Deployment, Worker, consume_all, event, produce
+from tests.harness import ROOT, Deployment, Worker, consume_all, event, metric_value, produce
 
 POLICIES = """
 [types."ledger.entry"]
@@ -58,6 +58,8 @@ async def test_gap_is_skipped_once_after_timeout_and_a_late_arrival_is_an_order_
         assert sequences(out, "acct-1") == [1, 2, 4, 5]
         assert sequences(out, "ledger-1") == [1]  # parked, 3 held
         assert sequences(out, "visitor-1") == [3, 1, 2]
+        # Events released by a gap skip (in a sweep, not a batch) are counted like any other.
+        assert metric_value(worker.metrics(), "seqguard_events_applied_total") == len(out) == 8
         audit = [
             json.loads(r.value) for r in await consume_all(broker.bootstrap, settings.audit_topic, expect=2, timeout=10)
         ]
