@@ -164,6 +164,19 @@ class Worker:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
+def run_cli(deployment: Deployment, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """Run `seqguard ARGS` as an operator would, against ``deployment``; fail on a non-zero exit."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        env={**os.environ, **deployment.env(**env)},
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     total = 0.0

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 
 from redis.asyncio import Redis
 
-from tests.harness import ROOT, Deployment, Worker, consume_all, event, metric_value, produce
+from tests.harness import Deployment, Worker, consume_all, event, metric_value, produce, run_cli
 from tests.integration.flaky_builds import fail_flag
 from workers.effects import Effects
 
@@ -21,12 +18,7 @@ DOMAINS = "workers.domains.orders,tests.integration.flaky_builds"
 
 def seqguard(deployment: Deployment, *args: str) -> dict:
     """Run the CLI as an operator would; return its --json output."""
-    env = {**os.environ, **deployment.env(SEQGUARD_DOMAINS=DOMAINS)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args, "--json"], env=env, cwd=ROOT, capture_output=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    return json.loads(proc.stdout)
+    return json.loads(run_cli(deployment, *args, "--json", SEQGUARD_DOMAINS=DOMAINS).stdout)
 
 
 def applied_sequences(records: list, aggregate: str) -> list[int]:
@@ -177,26 +169,7 @@ async def test_refailing_replay_returns_to_dlq_with_count_and_stops_at_the_limit
 
         # The operator gives up on 2: the build resumes at 3, and the audit topic says who and why.
         await produce(broker.bootstrap, settings.input_topic, [event(build, 3, "build.note", id="c3")])  # no handler
-        env = {**os.environ, **deployment.env()}
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "workers.cli",
-                "aggregates",
-                "resolve",
-                build,
-                "--skip-to",
-                "3",
-                "--reason",
-                "progress lost upstream",
-            ],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            timeout=60,
-        )
-        assert proc.returncode == 0, proc.stderr.decode()
+        run_cli(deployment, "aggregates", "resolve", build, "--skip-to", "3", "--reason", "progress lost upstream")
         audit = await consume_all(broker.bootstrap, settings.audit_topic, expect=1, timeout=30)
         record = json.loads(audit[-1].value)
         assert (

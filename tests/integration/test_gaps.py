@@ -4,12 +4,9 @@ Policies come from a policy file, as in production."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.harness import ROOT, Deployment, Worker, consume_all, event, metric_value, produce
+from tests.harness import Deployment, Worker, consume_all, event, metric_value, produce, run_cli
 
 POLICIES = """
 [types."ledger.entry"]
@@ -74,26 +71,7 @@ async def test_gap_is_skipped_once_after_timeout_and_a_late_arrival_is_an_order_
         assert dict(dlq[0].headers)["seqguard-error-class"] == b"order_violation"
 
         # The operator resolves the parked ledger: skip 2, continue at 3.
-        env = {**os.environ, **deployment.env()}
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "workers.cli",
-                "aggregates",
-                "resolve",
-                "ledger-1",
-                "--skip-to",
-                "3",
-                "--reason",
-                "entry 2 voided",
-            ],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            timeout=60,
-        )
-        assert proc.returncode == 0, proc.stderr.decode()
+        run_cli(deployment, "aggregates", "resolve", "ledger-1", "--skip-to", "3", "--reason", "entry 2 voided")
         out = await consume_all(broker.bootstrap, settings.output_topic, expect=9, timeout=30, quiet=2)
         assert sequences(out, "ledger-1") == [1, 3]
         assert sequences(out, "acct-1") == [1, 2, 4, 5]  # the late 3 was never applied
