@@ -60,7 +60,6 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     processor: OrderedProcessor | None = None
-    redis: Redis | None = None
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -112,7 +111,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     )
 
     redis = Redis.from_url(settings.redis_url.get_secret_value())  # connects on first use
-    runtime.redis = redis
     changelogs = frozenset(t.changelog_topic.get_topic_name() for t in tables)
     sink = Sink(lambda: _producer(settings), state_topics=changelogs)
     runtime.processor = OrderedProcessor(
