@@ -54,10 +54,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from benchmarks.changelog_stats import changelog_stats, summary_lines
 from tests.harness import LOGS, Deployment, Worker, metric_value, start_redis
-from workers.embedded import EmbeddedBroker, start_broker
 from workers.envelope import encode_structured
-from workers.topics import TABLES
+
+try:
+    from workers.kafka.embedded import EmbeddedBroker, start_broker
+except ImportError:  # before workers/kafka/
+    from workers.embedded import EmbeddedBroker, start_broker  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -838,14 +842,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 f"{v['aggregates_wrong']} aggregates wrong -> {'OK' if v['ok'] else 'FAILED'}",
                 flush=True,
             )
-        tables = {t: settings.changelog_topic(t) for t in TABLES}
-        counts = await count_records(broker.bootstrap, [settings.output_topic, *tables.values()], args.partitions)
+        counts = await count_records(broker.bootstrap, [settings.output_topic], args.partitions)
         n = len(workload.records)
+        cl = await changelog_stats(broker.bootstrap, settings.app_id, n)
+        b["changelog"] = cl
+        b["changelog_records_per_input_event"] = cl["records_per_input_event"]
+        b["state_bytes_per_aggregate"] = cl["state_bytes_per_aggregate"]
         b["records_written_per_input_event"] = {
             "output": round(counts[settings.output_topic] / n, 3),
-            **{f"changelog_{t}": round(counts[topic] / n, 3) for t, topic in tables.items()},
+            **{f"changelog_{t}": round(c / n, 3) for t, c in cl["records"].items()},
         }
-        b["records_written"] = counts
+        b["records_written"] = {**counts, **{settings.changelog_topic(t): c for t, c in cl["records"].items()}}
+        print("\n".join(summary_lines(cl)), flush=True)
         report["ratio_seqguard_to_floor"] = round(b["events_per_s"] / report["floor"]["events_per_s"], 4)
 
         if args.profile:
@@ -954,6 +962,8 @@ def report_lines(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
     if "records_written_per_input_event" in b:
         per = b["records_written_per_input_event"]
         out.append("    records written per input event: " + ", ".join(f"{k} {v}" for k, v in per.items()))
+    if "changelog" in b:
+        out += summary_lines(b["changelog"])
     out.append(f"    ratio b/a = {ratio:.3f}  (the floor is {1 / max(1e-9, ratio):.1f}x faster)")
     out.append(f"    worker log {b['worker_log']['log']}: {b['worker_log']['counts'] or 'no warnings or errors'}")
     if "seqguard_profiled" in r:

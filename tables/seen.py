@@ -1,23 +1,28 @@
-"""Recently seen (applied) event IDs per aggregate, bounded by a TTL and a count."""
+"""Recently seen (applied) event IDs per aggregate, bounded by a TTL, a count and bytes."""
 
 from __future__ import annotations
 
-from typing import Any
+#: Upper bound of one entry's encoded size beyond its key: a MessagePack str header (<= 5)
+#: and a float64 (9). Exact sizes are checked by tests/unit/test_state_record.py.
+ENTRY_OVERHEAD = 14
 
-from tables.changelog import changelog_table
+
+def key_bytes(key: str) -> int:
+    return len(key.encode()) + ENTRY_OVERHEAD
 
 
 class SeenIds:
-    """Insertion-ordered map of idempotency key -> time applied.
+    """Insertion-ordered map of idempotency key -> time applied, and its encoded size.
 
     Python dicts keep insertion order, so the oldest entries are first: trimming
-    by count or age pops from the front and never scans what it keeps.
+    by count, bytes or age pops from the front and never scans what it keeps.
     """
 
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "nbytes")
 
     def __init__(self, ids: dict[str, float] | None = None) -> None:
         self.ids: dict[str, float] = ids if ids is not None else {}
+        self.nbytes = sum(key_bytes(k) for k in self.ids)
 
     def __contains__(self, key: str) -> bool:
         return key in self.ids
@@ -25,41 +30,40 @@ class SeenIds:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SeenIds) and list(self.ids.items()) == list(other.ids.items())
+
+    def __repr__(self) -> str:
+        return f"SeenIds({self.ids!r})"
+
     def add(self, key: str, now: float, max_ids: int) -> None:
-        self.ids.pop(key, None)  # re-adding moves the key to the end: the order stays by age
+        if key in self.ids:
+            del self.ids[key]  # re-adding moves the key to the end: the order stays by age
+        else:
+            self.nbytes += key_bytes(key)
         self.ids[key] = now
         while len(self.ids) > max_ids:
-            del self.ids[next(iter(self.ids))]
+            self._drop_oldest()
 
-    def trim_to_bytes(self, max_bytes: int, per_entry: int = 32) -> int:
-        """Forget the oldest IDs until their JSON form (key + ~``per_entry`` bytes each) fits."""
-        size = sum(len(key) + per_entry for key in self.ids)
+    def _drop_oldest(self) -> None:
+        key = next(iter(self.ids))
+        del self.ids[key]
+        self.nbytes -= key_bytes(key)
+
+    def trim_to_bytes(self, max_bytes: int) -> int:
+        """Forget the oldest IDs until the encoded entries fit in ``max_bytes``; return how many went."""
         dropped = 0
-        while size > max_bytes and self.ids:
-            key = next(iter(self.ids))
-            del self.ids[key]
-            size -= len(key) + per_entry
+        while self.nbytes > max_bytes and self.ids:
+            self._drop_oldest()
             dropped += 1
         return dropped
 
     def prune(self, now: float, ttl: float) -> int:
         """Forget IDs applied more than ``ttl`` seconds ago; return how many went."""
         dropped = 0
-        for key, at in list(self.ids.items()):
+        for at in list(self.ids.values()):
             if now - at <= ttl:
                 break
-            del self.ids[key]
+            self._drop_oldest()
             dropped += 1
         return dropped
-
-    def to_json(self) -> dict[str, float]:
-        return self.ids
-
-    @classmethod
-    def from_json(cls, data: Any) -> SeenIds:
-        return cls(dict(data) if data else {})
-
-
-def seen_table(app: Any, name: str, partitions: int) -> Any:
-    """The changelog-backed Faust table: aggregate ID -> {idempotency key: applied at}."""
-    return changelog_table(app, name, partitions, "Recently applied event IDs per aggregate")

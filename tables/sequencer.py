@@ -2,26 +2,28 @@
 
 The binding calls, per decoded event:
 
-* ``receive`` -> a Verdict. ``APPLY`` means: run the handler now.
+* ``decide`` -> a Decision: what to do with the event (run its handler, hold it,
+  skip it, dead-letter it, or drain released events and decide again);
 * after a handler succeeded, ``applied``; then ``pop_ready`` until it returns None,
-  applying each event it returns (events released from the buffer, in order).
+  applying each event it returns (events released from the buffer, in order);
 * after a handler failed for good (the event went to the DLQ), ``failed``.
-* from a timer, ``expire_gap``; from an operator, ``resolve``.
 
-Every function mutates the ``Aggregate`` in place and returns what happened as a
-value, never as an exception.
+Timers and operators use ``tables.timers``. Every function mutates the ``Aggregate``
+in place and returns what happened as a value, never as an exception. Invariant: the
+next expected sequence of an aggregate never moves backwards.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from tables.policy import Policy, StartPolicy
-from tables.reorder import Buffered, ReorderBuffer
+from tables.policy import OverflowPolicy, Policy, StartPolicy
+from tables.reorder import Buffered, RawRecord
 from tables.seen import SeenIds
-from tables.sequence import Parked, SequenceState
+from tables.sequence import Parked
+from tables.state import FIXED_BYTES, Aggregate
+from tables.timers import Gap, skip_gap
 
 
 class Verdict(enum.Enum):
@@ -34,6 +36,22 @@ class Verdict(enum.Enum):
     OVERFLOW = "overflow"  # the buffer is full
 
 
+class Action(enum.Enum):
+    RUN = "run"  # run the handler, then ``applied`` or ``failed``
+    HOLD = "hold"  # kept in the buffer: nothing to do now
+    SKIP = "skip"  # a duplicate: nothing to do
+    DEAD_LETTER = "dead_letter"  # send it to the DLQ as ``Decision.verdict`` says; the aggregate is unchanged
+    DRAIN_AND_RETRY = "drain_and_retry"  # a gap was given up on: drain, record the gap, decide again
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    action: Action
+    reason: str = ""  # why, for a dead letter or a log line
+    gap: Gap | None = None  # with DRAIN_AND_RETRY: the numbers given up on
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """What the core needs to know of an event."""
@@ -41,54 +59,66 @@ class Incoming:
     seq: int | None
     key: str  # idempotency key: source + id
     type: str
-    record: Any = None  # the binding's JSON-able copy of the input, kept if buffered
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Sequence numbers ``first..last`` given up on after a gap timeout or by an operator."""
-
-    first: int
-    last: int
-
-    @property
-    def size(self) -> int:
-        return self.last - self.first + 1
+    record: RawRecord | None = None  # the input record, kept verbatim if buffered
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_buffered: int = 10_000  # per aggregate
     max_seen: int = 10_000  # per aggregate; older IDs also expire by TTL
+    max_record_bytes: int = 900_000  # one aggregate's encoded state record
+    overflow: OverflowPolicy = "dead_letter"
+    start: StartPolicy = "from_one"
+
+    @property
+    def max_buffer_bytes(self) -> int:
+        """The buffer may fill three quarters of the record; the seen IDs get what is left."""
+        return (self.max_record_bytes - FIXED_BYTES) * 3 // 4
 
 
-@dataclass(slots=True)
-class Aggregate:
-    """All state of one aggregate; each part is persisted in its own table."""
+def decide(
+    agg: Aggregate, event: Incoming, policy: Policy, now: float, limits: Limits, *, room: bool = True
+) -> Decision:
+    """What to do with an arriving event. ``room``: its partition's buffers have room.
 
-    seq: SequenceState = field(default_factory=SequenceState)
-    buffer: ReorderBuffer = field(default_factory=ReorderBuffer)
-    seen: SeenIds = field(default_factory=SeenIds)
+    On overflow under ``skip_gap`` the oldest gap is given up on (DRAIN_AND_RETRY): the
+    binding drains what it released and decides again, until the event fits or nothing
+    waits any more. Every skip releases at least one buffered event, so this ends.
+    """
+    verdict = receive(agg, event, policy, now, limits=limits, room=room)
+    if verdict is Verdict.APPLY:
+        return Decision(verdict, Action.RUN)
+    if verdict is Verdict.BUFFERED or verdict is Verdict.HELD:
+        return Decision(verdict, Action.HOLD)
+    if verdict is Verdict.DUPLICATE:
+        return Decision(verdict, Action.SKIP)
+    next_seq = agg.seq.next_seq
+    if verdict is Verdict.LATE:
+        if policy.ordering == "warn":
+            return Decision(verdict, Action.RUN, f"late event: sequence {event.seq} is behind {next_seq}, applied")
+        why = f"late event: sequence {event.seq} is behind the next expected {next_seq} and was never applied"
+        return Decision(verdict, Action.DEAD_LETTER, why)
+    if verdict is Verdict.CONFLICT:
+        return Decision(verdict, Action.DEAD_LETTER, f"sequence {event.seq} is already held by another event")
+    if limits.overflow == "skip_gap" and agg.seq.parked is None and agg.buffer.waiting():
+        gap = skip_gap(agg)  # as if its timeout had passed
+        if gap is not None:
+            return Decision(verdict, Action.DRAIN_AND_RETRY, "reorder buffer full: skipping the oldest gap", gap)
+    why = f"reorder buffer full ({len(agg.buffer)} held, {agg.buffer.nbytes} bytes for this aggregate)"
+    return Decision(verdict, Action.DEAD_LETTER, why if room else why + "; its partition's buffers are full")
 
 
 def receive(
-    agg: Aggregate,
-    event: Incoming,
-    policy: Policy,
-    now: float,
-    *,
-    start: StartPolicy = "from_one",
-    limits: Limits = Limits(),
-    room: bool = True,
+    agg: Aggregate, event: Incoming, policy: Policy, now: float, *, limits: Limits = Limits(), room: bool = True
 ) -> Verdict:
-    """Decide what to do with an arriving event. ``room``: the partition's buffers have room."""
+    """The verdict on an arriving event; a BUFFERED or HELD event is in the buffer on return."""
     state = agg.seq
     state.last_active = now
     if event.key in agg.seen:
         return Verdict.DUPLICATE
     if state.next_seq is None and event.seq is not None:
         # Before the unordered return: an unordered event's number must count too.
-        state.next_seq = 1 if start == "from_one" else event.seq
+        state.next_seq = 1 if limits.start == "from_one" else event.seq
     if policy.ordering == "unordered" or event.seq is None:
         return Verdict.APPLY
     seq = event.seq
@@ -103,15 +133,28 @@ def receive(
     held = agg.buffer.get(seq)
     if held is not None:
         return Verdict.DUPLICATE if held.key == event.key else Verdict.CONFLICT
-    if len(agg.buffer) >= limits.max_buffered or not room:
+    entry = Buffered(seq, event.key, event.type, now, event.record)
+    if not room or len(agg.buffer) >= limits.max_buffered or not _fits(agg, entry, limits):
         return Verdict.OVERFLOW
-    agg.buffer.put(Buffered(seq, event.key, event.type, now, event.record))
+    agg.buffer.put(entry)
+    _fit_seen(agg, limits)
     return Verdict.HELD if parked is not None else Verdict.BUFFERED
+
+
+def _fits(agg: Aggregate, entry: Buffered, limits: Limits) -> bool:
+    return agg.buffer.nbytes + entry.nbytes <= limits.max_buffer_bytes
+
+
+def _fit_seen(agg: Aggregate, limits: Limits) -> None:
+    """Forget the oldest seen IDs until the whole record fits (a dedupe window, not a ledger)."""
+    budget = limits.max_record_bytes - FIXED_BYTES - agg.buffer.nbytes
+    agg.seen.trim_to_bytes(budget)
 
 
 def applied(agg: Aggregate, event: Incoming, now: float, *, limits: Limits = Limits()) -> None:
     """Record a successful apply: the ID is seen, the sequence moves on, parking ends."""
     agg.seen.add(event.key, now, limits.max_seen)
+    _fit_seen(agg, limits)
     state = agg.seq
     seq = event.seq
     if seq is None:
@@ -141,7 +184,7 @@ def pop_ready(agg: Aggregate) -> Buffered | None:
 
 
 def failed(agg: Aggregate, event: Incoming, policy: Policy, reason: str, now: float) -> bool:
-    """Record that ``event`` went to the DLQ. Returns True if the aggregate is now parked.
+    """Record that ``event``'s handler failed for good (it went to the DLQ). True if now parked.
 
     Ordered and strict types park the aggregate at the event's number: later events
     are held until it is replayed or an operator resolves it. Other types step over it.
@@ -161,64 +204,18 @@ def failed(agg: Aggregate, event: Incoming, policy: Policy, reason: str, now: fl
     return False
 
 
-def _waiting(agg: Aggregate) -> Buffered | None:
-    """The lowest buffered event that waits (``done`` placeholders do not wait)."""
-    return min((b for b in agg.buffer.items.values() if not b.done), key=lambda b: b.seq, default=None)
-
-
-def gap_due(agg: Aggregate, policy_of: Any, now: float) -> bool:
-    """Whether ``expire_gap`` would act now (the oldest buffered event waited too long)."""
-    if agg.seq.parked is not None or agg.seq.next_seq is None:
-        return False
-    waiting = _waiting(agg)
-    oldest = agg.buffer.oldest_at()
-    if waiting is None or oldest is None:
-        return False
-    policy: Policy = policy_of(waiting.type)
-    return now - oldest > policy.gap_timeout
-
-
-def expire_gap(agg: Aggregate, policy_of: Any, now: float) -> Gap | Parked | None:
-    """Act on a gap whose timeout has passed: skip it (returns the Gap) or park (returns Parked).
-
-    ``policy_of`` maps an event type to its Policy; the type of the lowest buffered
-    event, the one that waits, decides.
-    """
-    if not gap_due(agg, policy_of, now):
-        return None
-    state = agg.seq
-    lowest = agg.buffer.lowest()
-    waiting = _waiting(agg)
-    assert lowest is not None and waiting is not None and state.next_seq is not None
-    policy: Policy = policy_of(waiting.type)
-    if policy.gap_policy == "park":
-        state.parked = Parked(state.next_seq, "gap", now)
-        return state.parked
-    gap = Gap(state.next_seq, lowest.seq - 1)
-    state.next_seq = lowest.seq
-    return gap
-
-
-def resolve(agg: Aggregate, skip_to: int, now: float) -> tuple[Gap | None, list[Buffered]]:
-    """An operator un-parks the aggregate, giving up on every number below ``skip_to``.
-
-    Returns the skipped Gap (if any numbers were skipped) and the buffered events
-    dropped because they are below ``skip_to``.
-    """
-    state = agg.seq
-    state.parked = None
-    state.last_active = now
-    current = state.next_seq if state.next_seq is not None else 1
-    # ``done`` placeholders were applied already: they are forgotten, not reported as dropped.
-    dropped = [b for b in agg.buffer.drop_below(skip_to) if not b.done]
-    gap = Gap(current, skip_to - 1) if skip_to > current else None
-    state.next_seq = max(current, skip_to)
-    return gap, dropped
-
-
-def is_idle(agg: Aggregate, now: float, ttl: float) -> bool:
-    """Inactive for longer than ``ttl`` with nothing held: its state may be forgotten.
-
-    Parked aggregates and ones with buffered events are never forgotten silently.
-    """
-    return now - agg.seq.last_active > ttl and not len(agg.buffer) and agg.seq.parked is None
+__all__ = [
+    "Action",
+    "Aggregate",
+    "Decision",
+    "Gap",
+    "Incoming",
+    "Limits",
+    "SeenIds",
+    "Verdict",
+    "applied",
+    "decide",
+    "failed",
+    "pop_ready",
+    "receive",
+]

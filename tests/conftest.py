@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness import LOGS, Deployment, Worker, start_redis
-from workers.embedded import EmbeddedBroker, start_broker
+from workers.kafka.embedded import EmbeddedBroker, start_broker
 
 
 @pytest.fixture(scope="session")
@@ -30,15 +30,9 @@ def redis_url() -> Iterator[str]:
     proc.wait(10)
 
 
-#: How records reach the processor: "batch" (from the fetch, the default) or "agent" (Faust's
-#: stream and take_events). Tests parametrize it with indirect=True to run both.
-DELIVERIES = ["batch", "agent"]
-
-
 @pytest.fixture
-async def deployment(request: pytest.FixtureRequest, broker: EmbeddedBroker, redis_url: str) -> Deployment:
-    delivery = getattr(request, "param", "batch")
-    d = Deployment(broker.url, redis_url, extra={"SEQGUARD_BATCH_DELIVERY": str(delivery == "batch").lower()})
+async def deployment(broker: EmbeddedBroker, redis_url: str) -> Deployment:
+    d = Deployment(broker.url, redis_url)
     await d.create_topics()
     return d
 

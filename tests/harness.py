@@ -19,16 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from workers.embedded import free_port, wait_for_port
+from tables.changelog import STATE_TABLE
 from workers.envelope import encode_structured
+from workers.kafka.embedded import free_port, wait_for_port
+from workers.kafka.read import read_to_end
+from workers.processor.store import state_view
 from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".pytest_cache" / "logs"
 
-#: Fast group joins on the embedded broker (EMBEDDED-BROKER.md trap 7). Never production values.
+#: Fast group joins on the embedded broker (docs/embedded-broker.md). Never production values.
 FAST_KAFKA = {
     "SEQGUARD_SESSION_TIMEOUT": "3",
     "SEQGUARD_HEARTBEAT_INTERVAL": "0.3",
@@ -89,7 +92,7 @@ class Deployment:
             os.environ.update(saved)
 
     async def create_topics(self) -> None:
-        from workers.topics import ensure_topics
+        from workers.kafka.topics import ensure_topics
 
         await ensure_topics(self.settings())
 
@@ -141,6 +144,10 @@ class Worker:
         status, body = self.get("/tables")
         assert status == 200, status
         return body  # type: ignore[no-any-return]
+
+    def state(self) -> dict[str, Any]:
+        """The state table as /tables shows it: aggregate -> its record's JSON view."""
+        return self.tables()["state"]
 
     def metrics(self) -> str:
         status, body = self.get("/metrics")
@@ -246,38 +253,12 @@ async def consume_all(
     bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 60.0, quiet: float = 2.0
 ) -> list[Any]:
     """Every record of ``topic`` from the start: until ``expect`` records (then ``quiet`` s more
-    to catch extras), or until nothing arrives for ``quiet`` s when ``expect`` is None."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+    to catch extras), or until nothing arrives for ``quiet`` s when ``expect`` is None. Never
+    stops at the high-water mark: a worker may still be producing."""
+    read = await read_to_end(
+        bootstrap, topic, expect=expect, quiet=quiet, at_highwater=False, max_wait=timeout, topic_wait=5.0
     )
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        for _ in range(50):
-            if partitions:
-                break
-            await asyncio.sleep(0.1)
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout
-        last_new = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for msgs in batch.values():
-                out.extend(msgs)
-                if msgs:
-                    last_new = time.monotonic()
-            if expect is not None and len(out) >= expect and time.monotonic() - last_new > quiet:
-                break
-            if expect is None and time.monotonic() - last_new > quiet:
-                break
-        return out
-    finally:
-        await consumer.stop()
+    return read.records
 
 
 def sequences_by_aggregate(records: Iterable[Any]) -> dict[str, list[int]]:
@@ -285,3 +266,25 @@ def sequences_by_aggregate(records: Iterable[Any]) -> dict[str, list[int]]:
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         out.setdefault(r.key.decode(), []).append(json.loads(r.value)["sequence"])
     return out
+
+
+# --------------------------------------------------------------------------- state
+
+
+async def changelog_content(bootstrap: str, settings: Settings) -> dict[str, dict[str, Any]]:
+    """The state table as its changelog says, read to the real end (by counting records)."""
+    records = await consume_all(bootstrap, settings.changelog_topic(STATE_TABLE), quiet=1.5)
+    data: dict[str, Any] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        key = r.key.decode("latin-1")
+        if r.value is None:
+            data.pop(key, None)
+        else:
+            data[key] = state_view(r.value)
+    return {STATE_TABLE: data}
+
+
+def diff(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> list[str]:
+    """Aggregates whose state differs."""
+    x, y = a.get(STATE_TABLE, {}), b.get(STATE_TABLE, {})
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))

@@ -1,9 +1,10 @@
 """The Faust app: tables, the ordered agent, the sweep timer and the web views.
 
-The agent subscribes to raw bytes and takes events in batches: seqguard decodes them
-itself (Faust would ack a record that fails its own decoding), catches every error
-inside the batch (Faust acks an event whose agent raises), and runs one ordered consumer
-per partition (concurrency=1: more would break order and race on the tables).
+The agent only declares the ordered topics (raw bytes): their records go from the fetch to
+the processor in fenced batches (workers/kafka/delivery.py), never through Faust's stream,
+which acks what it handed out whatever happened to it. seqguard decodes records itself,
+catches every error inside the batch, and runs one batch at a time (order, and no races on
+the table).
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from tables.reorder import reorder_table
-from tables.seen import seen_table
-from tables.sequence import sequence_table
-from workers import batch_delivery, faust_patches
+from tables.changelog import state_table
+from workers import kafka
 from workers.effects import Effects
 from workers.handlers import load_domains
+from workers.kafka.delivery import Delivery
+from workers.kafka.sink import Sink
 from workers.metrics import Metrics
-from workers.ordered import OrderedProcessor
 from workers.policy_file import policy_book
+from workers.processor.batch import OrderedProcessor
+from workers.processor.store import StateStore, state_view
+from workers.processor.sweep import Sweeper
 from workers.records import InRecord
 from workers.settings import Settings
-from workers.sink import Sink
-from workers.state_store import TableStore
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     processor: OrderedProcessor | None = None
+    sweeper: Sweeper | None = None
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -92,14 +94,10 @@ def worker_id(settings: Settings) -> str:
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
-    faust_patches.install()
     app = faust.App(settings.app_id, **faust_settings(settings))
-    app.seqguard_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
-    if settings.probe_changelog_ends:
-        app.seqguard_bootstrap = settings.bootstrap_servers  # type: ignore[attr-defined]
     runtime = Runtime(app, settings, metrics or Metrics.create())
     n = settings.partitions
-    tables = (sequence_table(app, "sequence", n), seen_table(app, "seen", n), reorder_table(app, "reorder", n))
+    table = state_table(app, n)
     channel = app.topic(
         settings.input_topic,
         settings.repartition_topic,
@@ -111,11 +109,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     )
 
     redis = Redis.from_url(settings.redis_url.get_secret_value())  # connects on first use
-    changelogs = frozenset(t.changelog_topic.get_topic_name() for t in tables)
-    sink = Sink(lambda: _producer(settings), state_topics=changelogs)
+    sink = Sink(lambda: _producer(settings), state_topics=frozenset({table.changelog_topic.get_topic_name()}))
     runtime.processor = OrderedProcessor(
         settings,
-        TableStore(*tables, sink=sink, max_record_bytes=settings.max_state_record_bytes),
+        StateStore(table, sink, max_record_bytes=settings.max_state_record_bytes),
         sink,
         load_domains(settings.domains),
         Effects(redis, prefix=settings.redis_prefix),
@@ -124,6 +121,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
         worker_id(settings),
     )
     processor = runtime.processor
+    sweeper = runtime.sweeper = Sweeper(processor)
 
     @app.on_before_shutdown.connect  # type: ignore[misc,arg-type]
     async def stop_sink(app: faust.App, **_: Any) -> None:
@@ -131,29 +129,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
         await sink.stop()
         await redis.aclose()
 
-    async def deliver(records: list[InRecord]) -> None:
-        # Records taken before a rebalance may belong to partitions revoked since: another
-        # worker owns their state now, and Faust discards commits for them, so they are
-        # left to their new owner rather than written to its changelogs from here.
-        assigned = app.consumer.assignment()
-        kept = [r for r in records if (r.topic, r.partition) in assigned]
-        if len(kept) < len(records):
-            log.info("left %d records of revoked partitions to their new owner", len(records) - len(kept))
-        if kept:
-            await _run_batch(processor, kept)
-
-    if settings.batch_delivery:
-        batch_delivery.install()
-        app.seqguard_delivery = batch_delivery.Delivery(  # type: ignore[attr-defined]
-            frozenset({settings.input_topic, settings.repartition_topic}), deliver, settings.batch_max
-        )
-
-    @app.agent(channel, name="ordered", concurrency=1)
-    async def ordered(stream: Any) -> None:
-        """The ordered topics' subscriber. With batch delivery (the default) their records reach
-        ``deliver`` straight from the fetch, and this stream stays empty."""
-        async for events in stream.take_events(settings.batch_max, settings.batch_within):
-            await deliver([InRecord.from_message(e.message) for e in events])
+    _deliver_ordered_topics(app, channel, settings, processor)
 
     @app.on_partitions_revoked.connect  # type: ignore[misc,arg-type]
     async def finish_batch_before_revocation(app: faust.App, revoked: set[Any], **_: Any) -> None:
@@ -166,7 +142,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     async def sweep() -> None:
         active = _active_partitions(app, settings)
         try:
-            await processor.sweep(active)
+            await sweeper.sweep(active)
         except Exception:
             log.critical("sweep failed; stopping the worker without acknowledging anything", exc_info=True)
             os._exit(EXIT_CRITICAL)
@@ -188,10 +164,48 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
         if not settings.state_dump:
             return web.json({"error": "set SEQGUARD_STATE_DUMP=true to enable"}, status=404)
         async with processor.lock:  # between batches: a consistent picture
-            dump = {t.name: {k.decode("latin-1"): v for k, v in t.data.items()} for t in tables}
+            dump = {table.name: {k.decode("latin-1"): state_view(v) for k, v in table.data.items()}}
         return web.json(dump)
 
     return runtime
+
+
+def _deliver_ordered_topics(app: faust.App, channel: Any, settings: Settings, processor: OrderedProcessor) -> None:
+    """Install the Kafka hooks: the ordered topics' records go from the fetch to ``processor``
+    in fenced batches. The agent only declares the topics so that Faust subscribes them."""
+
+    async def deliver(records: list[InRecord]) -> list[InRecord]:
+        # The delivery fenced off records of revoked partitions; the batch processes every
+        # record it is given, or stops the process.
+        await _run_batch(processor, records)
+        return records
+
+    kafka.install(
+        app,
+        kafka.Hooks(
+            Delivery(frozenset({settings.input_topic, settings.repartition_topic}), deliver, settings.batch_max),
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            bootstrap=settings.bootstrap_servers if settings.probe_changelog_ends else None,
+        ),
+    )
+
+    @app.agent(channel, name="ordered", concurrency=1)
+    async def ordered(stream: Any) -> None:
+        """Declares the ordered topics so Faust subscribes and assigns them; their records reach
+        ``deliver`` straight from the fetch (workers/kafka/delivery.py), never this stream.
+
+        Faust's stream acks every event it handed out once the agent moves on, also events of
+        partitions revoked meanwhile, and such an ack lets a later commit skip unprocessed
+        records. So an event here is a bug: stop at once, with nothing acked.
+        """
+        async for event in stream.events():
+            log.critical(
+                "an event reached the ordered agent (%s:%s@%s): batch delivery is not installed; stopping",
+                event.message.topic,
+                event.message.partition,
+                event.message.offset,
+            )
+            os._exit(EXIT_CRITICAL)
 
 
 def _producer(settings: Settings) -> AIOKafkaProducer:
@@ -209,9 +223,9 @@ def _producer(settings: Settings) -> AIOKafkaProducer:
 async def _run_batch(processor: OrderedProcessor, records: list[InRecord]) -> None:
     """Process one batch to the end, whatever happens around it.
 
-    Faust acks the batch as soon as this returns or raises, so: an error stops the
-    process before the ack (nothing is committed), and a cancellation (shutdown,
-    rebalance) waits for the batch to finish so the ack is true.
+    The delivery acks the batch's records only after this returned: an error stops the
+    process before any ack (nothing is committed), and a cancellation (shutdown) waits
+    for the batch to finish before it propagates, so no changelog write is cut short.
     """
     task = asyncio.ensure_future(processor.process_batch(records))
     try:

@@ -25,7 +25,7 @@ async def startup_checks(settings: Settings) -> None:
     """Reach Kafka (and create topics) and Redis, or raise StartupError."""
     from redis.asyncio import Redis
 
-    from workers.topics import ensure_topics
+    from workers.kafka.topics import ensure_topics
 
     if settings.create_topics:
         await ensure_topics(settings)
@@ -49,15 +49,15 @@ def worker(loglevel: str | None, web_port: int | None) -> None:
     settings = Settings(**overrides)
     level = (loglevel or settings.log_level).upper()
     logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(startup_checks(settings))
+        from workers.app import QuietWorker, create_app
+
+        runtime = create_app(settings)  # refuses Faust/aiokafka versions its patches were not written for
     except StartupError as exc:
         log.critical("start-up failed: %s", exc)
         sys.exit(2)
-    from workers.app import QuietWorker, create_app
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    runtime = create_app(settings)
     QuietWorker(runtime.app, loglevel=level.lower()).execute_from_commandline()
 
 

@@ -62,7 +62,7 @@ def dlq() -> None:
 def dlq_list(as_json: bool) -> None:
     """Counts of DLQ records by error class, event type and aggregate; oldest and newest."""
     settings = Settings()
-    letters, replayed = asyncio.run(read_dead_letters(settings.bootstrap_servers, settings.dlq))
+    letters, replayed = asyncio.run(read_dead_letters(settings))
     waiting = [letter for letter in letters if letter.place not in replayed]
     failures = [letter.last_failure for letter in waiting]
     report: dict[str, Any] = {
@@ -106,7 +106,7 @@ def dlq_show(
 ) -> None:
     """DLQ records with their failure details."""
     settings = Settings()
-    letters, replayed = asyncio.run(read_dead_letters(settings.bootstrap_servers, settings.dlq))
+    letters, replayed = asyncio.run(read_dead_letters(settings))
     filters = _filters(aggregate, event_type, error_class, since, until)
     chosen = [lt for lt in letters if filters.match(lt) and (include_replayed or lt.place not in replayed)][:limit]
     rows = [{**lt.summary(), "replayed": lt.place in replayed} for lt in chosen]
@@ -193,7 +193,7 @@ def resolve(aggregate: str, skip_to: int, reason: str) -> None:
     from aiokafka import AIOKafkaProducer
 
     from workers.envelope import encode_structured
-    from workers.ordered import CONTROL_SOURCE, RESOLVE_TYPE
+    from workers.processor.batch import CONTROL_SOURCE, RESOLVE_TYPE
 
     settings = Settings()
     operator = os.environ.get("USER", "unknown")

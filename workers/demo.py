@@ -21,11 +21,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
-from workers.embedded import free_port, start_broker, wait_for_port
 from workers.envelope import encode_binary, encode_structured
+from workers.kafka.embedded import free_port, start_broker, wait_for_port
+from workers.kafka.read import read_to_end
 from workers.settings import Settings
 
 ORDER_FLOW = ["order.created", "order.paid", "order.reserved", "order.shipped", "order.delivered"]
@@ -91,22 +92,23 @@ async def _redis_url(settings: Settings, keep: list[subprocess.Popen[bytes]]) ->
 
 
 async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=50)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        while True:
-            batch = await consumer.getmany(timeout_ms=300)
-            if not batch:
-                return out
-            for msgs in batch.values():
-                out.extend(msgs)
-    finally:
-        await consumer.stop()
+    return (await read_to_end(bootstrap, topic, quiet=0.3)).records
+
+
+def _demo_env(broker_url: str, workdir: Path) -> dict[str, str]:
+    return {
+        "SEQGUARD_BROKER_URL": broker_url,
+        "SEQGUARD_APP_ID": f"demo{int(time.time())}",
+        "SEQGUARD_GAP_TIMEOUT": str(GAP_TIMEOUT),
+        "SEQGUARD_WEB_PORT": str(free_port()),
+        "SEQGUARD_DATA_DIR": str(workdir / "data"),
+        # Fast group joins and fetches on the embedded broker (docs/embedded-broker.md; Kafka
+        # itself refuses sessions < 6 s).
+        "SEQGUARD_SESSION_TIMEOUT": "3",
+        "SEQGUARD_HEARTBEAT_INTERVAL": "0.3",
+        "SEQGUARD_REBALANCE_TIMEOUT": "3",
+        "SEQGUARD_FETCH_MAX_WAIT_MS": "50",
+    }
 
 
 async def _demo(aggregates: int, seed: int, workdir: Path) -> int:
@@ -114,18 +116,7 @@ async def _demo(aggregates: int, seed: int, workdir: Path) -> int:
     children: list[subprocess.Popen[bytes]] = []
     broker = start_broker(log_path=str(workdir / "broker.log"))
     try:
-        env = {
-            "SEQGUARD_BROKER_URL": broker.url,
-            "SEQGUARD_APP_ID": f"demo{int(time.time())}",
-            "SEQGUARD_GAP_TIMEOUT": str(GAP_TIMEOUT),
-            "SEQGUARD_WEB_PORT": str(free_port()),
-            "SEQGUARD_DATA_DIR": str(workdir / "data"),
-            # Fast group joins and fetches on the embedded broker (Kafka itself refuses sessions < 6 s).
-            "SEQGUARD_SESSION_TIMEOUT": "3",
-            "SEQGUARD_HEARTBEAT_INTERVAL": "0.3",
-            "SEQGUARD_REBALANCE_TIMEOUT": "3",
-            "SEQGUARD_FETCH_MAX_WAIT_MS": "50",
-        }
+        env = _demo_env(broker.url, workdir)
         os.environ.update(env)
         os.environ["SEQGUARD_REDIS_URL"] = await _redis_url(Settings(), children)
         os.environ["SEQGUARD_REDIS_PREFIX"] = f"{env['SEQGUARD_APP_ID']}:"

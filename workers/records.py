@@ -1,4 +1,7 @@
-"""An input record as read from Kafka, and its JSON form for the reorder buffer."""
+"""An input record as read from Kafka, and its JSON form for the reorder buffer.
+
+The one input-record type: the processor, the handlers and the DLQ headers all take it.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +21,8 @@ class InRecord:
 
     @property
     def timestamp_ms(self) -> int | None:
-        return None if self.timestamp is None else int(self.timestamp * 1000)
-
-    @classmethod
-    def from_message(cls, message: Any) -> InRecord:
-        return cls(
-            message.topic,
-            message.partition,
-            message.offset,
-            message.timestamp,
-            message.key,
-            message.value,
-            list(message.headers or ()),
-        )
+        # round, not int: ms / 1000 * 1000 may come back a hair under the integer it was.
+        return None if self.timestamp is None else round(self.timestamp * 1000)
 
     def to_json(self) -> list[Any]:
         # Only decodable events are buffered, so the value is UTF-8 text; keys and

@@ -101,13 +101,9 @@ class Settings(BaseSettings):
     dlq_agent_interval: float = Field(30.0, gt=0, description="Seconds between DLQ agent passes")
 
     # --- batching and latency ---
-    batch_delivery: bool = Field(
-        True, description="Hand fetched records to the processor in batches, bypassing Faust's per-message dispatch"
-    )
     batch_max: int = Field(
         5_000, ge=1, description="Most events per batch (more: fewer changelog writes, longer batches)"
     )
-    batch_within: float = Field(0.05, gt=0, description="Longest wait in seconds to fill a batch")
     fetch_max_wait_ms: int = Field(
         500, ge=0, description="Consumer fetch wait; Faust fixes 1500 ms (lower: less latency, more broker CPU)"
     )
@@ -145,6 +141,16 @@ class Settings(BaseSettings):
 
     def changelog_topic(self, table: str) -> str:
         return f"{self.app_id}-{table}-changelog"
+
+    @property
+    def markers_topic(self) -> str:
+        """The DLQ's compacted "already replayed" markers."""
+        return f"{self.dlq}.replayed"
+
+    @property
+    def assignor_leader_topic(self) -> str:
+        """Faust's leader-election topic (one partition, as Faust itself declares it)."""
+        return f"{self.app_id}-__assignor-__leader"
 
     @property
     def auto_replay_classes(self) -> frozenset[str]:

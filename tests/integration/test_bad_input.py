@@ -189,7 +189,7 @@ async def test_ten_thousand_mixed_records_all_accounted_for(broker, redis_url) -
         metrics = worker.metrics()
         applied = await consume_all(broker.bootstrap, settings.output_topic, quiet=2)
         dead = await consume_all(broker.bootstrap, settings.dlq, quiet=2)
-        buffered = sum(len(v["b"]) for v in worker.tables()["reorder"].values())
+        buffered = sum(len(v["buffer"]) for v in worker.state().values())
         duplicates = metric_value(metrics, "seqguard_events_duplicate_total")
         assert worker.proc.poll() is None
     finally:

@@ -71,9 +71,9 @@ async def test_failed_progress_parks_build_until_replay_applies_it_in_order(brok
         assert applied_sequences(out, other) == [1, 2, 3, 4]
         assert applied_sequences(out, build) == [1]
         assert await effects.state("build", build) == "started"
-        tables = worker.tables()
-        assert tables["sequence"][build]["p"][:2] == [2, "handler_exception"]  # parked at 2
-        assert sorted(b[0] for b in tables["reorder"][build]["b"]) == [3, 4]
+        state = worker.state()[build]
+        assert state["p"][:2] == [2, "handler_exception"]  # parked at 2
+        assert sorted(b[0] for b in state["buffer"]) == [3, 4]
         assert metric_value(worker.metrics(), "seqguard_handler_retries_total", type="build.progress") == 2
 
         listing = seqguard(deployment, "dlq", "list")
@@ -98,7 +98,7 @@ async def test_failed_progress_parks_build_until_replay_applies_it_in_order(brok
             "4:service.create",
         ]
         assert await effects.state("build", build) == "service_created"
-        assert worker.tables()["sequence"][build]["p"] is None
+        assert worker.state()[build]["p"] is None
 
         second = seqguard(deployment, "dlq", "replay")
         assert second["republished"] == 0 and second["already_replayed"] == 1
@@ -179,7 +179,7 @@ async def test_refailing_replay_returns_to_dlq_with_count_and_stops_at_the_limit
         )
         out = await consume_all(broker.bootstrap, settings.output_topic, expect=2, timeout=30)
         assert applied_sequences(out, build) == [1, 3]
-        assert worker.tables()["sequence"][build]["p"] is None
+        assert worker.state()[build]["p"] is None
     finally:
         worker.stop()
         await redis.aclose()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
-from tests.conftest import DELIVERIES
 from tests.harness import (
     Deployment,
     Worker,
@@ -35,7 +32,6 @@ def scenario(rng: random.Random) -> tuple[list, int]:
     return records, len(in_order)
 
 
-@pytest.mark.parametrize("deployment", DELIVERIES, indirect=True)
 async def test_shuffled_duplicated_events_come_out_in_order_once(deployment: Deployment, broker) -> None:
     rng = random.Random(1)
     records, unique = scenario(rng)

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from tests.harness import Deployment, Worker
-from workers.embedded import free_port
 from workers.errors import StartupError
-from workers.topics import _check_created
+from workers.kafka.embedded import free_port
+from workers.kafka.topics import _check_created
 
 
 @pytest.mark.parametrize("missing", ["kafka", "redis"])

@@ -24,14 +24,14 @@ async def test_idle_aggregate_state_expires_but_a_held_one_stays(broker, redis_u
             [event("idle-1", 1, "note"), event("idle-1", 2, "note"), event("held-1", 2, "note")],
         )
         await consume_all(broker.bootstrap, settings.output_topic, expect=2, timeout=30, quiet=0.5)
-        tables = worker.tables()
-        assert "idle-1" in tables["sequence"] and "idle-1" in tables["seen"]
+        state = worker.state()
+        assert "idle-1" in state and state["idle-1"]["seen"]
         deadline = time.monotonic() + 20
-        while "idle-1" in worker.tables()["sequence"]:
+        while "idle-1" in worker.state():
             assert time.monotonic() < deadline, "idle state never expired"
             await asyncio.sleep(0.3)
-        tables = worker.tables()
-        assert "idle-1" not in tables["seen"]
-        assert "held-1" in tables["sequence"] and "held-1" in tables["reorder"]  # never forgotten silently
+        state = worker.state()
+        assert "idle-1" not in state
+        assert "held-1" in state and state["held-1"]["buffer"]  # never forgotten silently
     finally:
         worker.stop()

@@ -1,31 +1,32 @@
-"""A pure, in-memory stand-in for the binding around ``tables.sequencer``.
+"""A pure, in-memory carrier of the core's decisions, as workers/processor carries them.
 
-It calls the core exactly as the Faust binding does (receive -> handler ->
-applied/failed -> pop_ready drain; a gap timer calling expire_gap; an operator
-calling resolve), with no I/O and a fake clock: every call takes ``now``.
+It calls the same entry points as the binding (decide -> carry out the Decision ->
+applied/failed -> pop_ready drain; a gap timer calling expire_gap; an operator calling
+resolve_request) and decides nothing itself: no I/O, a fake clock (every call takes ``now``).
 Handlers succeed unless a test asks an event key to fail a number of times.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tables.policy import Policy, PolicyBook, StartPolicy
 from tables.reorder import Buffered
 from tables.sequence import Parked
 from tables.sequencer import (
+    Action,
     Aggregate,
+    Decision,
     Gap,
     Incoming,
     Limits,
     Verdict,
     applied,
-    expire_gap,
+    decide,
     failed,
     pop_ready,
-    receive,
-    resolve,
 )
+from tables.timers import Refused, Resolved, expire_gap, resolve_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +56,22 @@ class Driver:
     verdicts: list[tuple[str, Incoming, Verdict]] = field(default_factory=list)
     #: Event key -> how many more times its handler fails.
     fail_times: dict[str, int] = field(default_factory=dict)
+    #: Every decision given: (aggregate, event, decision).
+    decisions: list[tuple[str, Incoming, Decision]] = field(default_factory=list)
+    #: Resolve requests refused: (aggregate, reason).
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    max_sequence: int = 2**53
 
     # --- the binding -------------------------------------------------------
 
     @property
     def start(self) -> StartPolicy:
         return self.book.start
+
+    @property
+    def rules(self) -> Limits:
+        """The limits with the book's start policy, as the binding builds them."""
+        return replace(self.limits, start=self.book.start)
 
     def agg(self, agg_id: str) -> Aggregate:
         return self.aggs.setdefault(agg_id, Aggregate())
@@ -71,19 +82,21 @@ class Driver:
     def deliver(self, agg_id: str, event: Incoming, now: float, *, room: bool = True) -> Verdict:
         agg = self.agg(agg_id)
         policy = self.policy(event.type)
-        verdict = receive(agg, event, policy, now, start=self.start, limits=self.limits, room=room)
-        self.verdicts.append((agg_id, event, verdict))
-        if verdict is Verdict.APPLY:
-            if self._handle(agg_id, event, now):
+        d = decide(agg, event, policy, now, self.rules, room=room)
+        self.verdicts.append((agg_id, event, d.verdict))
+        self.decisions.append((agg_id, event, d))
+        if d.action is Action.RUN:
+            if self._handle(agg_id, event, now, late=d.verdict is Verdict.LATE):
                 self.drain(agg_id, now)
-        elif verdict is Verdict.LATE:
-            if policy.ordering == "warn":
-                self._handle(agg_id, event, now, late=True)
-            else:
-                self.rejected.append((agg_id, event, verdict))
-        elif verdict is Verdict.OVERFLOW:
-            self.rejected.append((agg_id, event, verdict))
-        return verdict
+        elif d.action is Action.DEAD_LETTER:
+            self.rejected.append((agg_id, event, d.verdict))
+        elif d.action is Action.DRAIN_AND_RETRY:
+            assert d.gap is not None
+            self.gaps.setdefault(agg_id, []).append(d.gap)
+            self.drain(agg_id, now)
+            self.verdicts.pop()
+            return self.deliver(agg_id, event, now, room=room)
+        return d.verdict
 
     def drain(self, agg_id: str, now: float) -> None:
         agg = self.agg(agg_id)
@@ -106,12 +119,16 @@ class Driver:
         for agg_id, event, _reason in pending:
             self.deliver(agg_id, event, now)
 
-    def resolve(self, agg_id: str, skip_to: int, now: float) -> tuple[Gap | None, list[Buffered]]:
-        gap, dropped = resolve(self.agg(agg_id), skip_to, now)
-        if gap is not None:
-            self.gaps.setdefault(agg_id, []).append(gap)
+    def resolve(self, agg_id: str, skip_to: object, now: float) -> tuple[Gap | None, list[Buffered]]:
+        outcome = resolve_request(self.agg(agg_id), {"skip_to": skip_to}, now, self.max_sequence)
+        if isinstance(outcome, Refused):
+            self.refused.append((agg_id, outcome.reason))
+            return None, []
+        assert isinstance(outcome, Resolved)
+        if outcome.gap is not None:
+            self.gaps.setdefault(agg_id, []).append(outcome.gap)
         self.drain(agg_id, now)
-        return gap, dropped
+        return outcome.gap, outcome.dropped
 
     def _handle(self, agg_id: str, event: Incoming, now: float, *, late: bool = False) -> bool:
         """Run the handler; True if it succeeded (so the caller may drain)."""

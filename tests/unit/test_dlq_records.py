@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workers.dlq import records as r
-from workers.dlq.records import DeadLetter, Failure, Source, dlq_headers, header, original_headers
+from workers.dlq.records import DeadLetter, Failure, dlq_headers, header, original_headers
 from workers.dlq.replay import Filters, Plan, make_plan, sort_key, target
+from workers.records import InRecord
 from workers.settings import Settings
 
 SETTINGS = Settings(app_id="seqguard", input_topic="seqguard.events", max_replays=3)
@@ -38,17 +39,17 @@ class FakeRecord:
     headers: list[tuple[str, bytes]] | None = field(default_factory=list)
 
 
-def source(headers: list[tuple[str, bytes]] | None = None, **over) -> Source:
+def source(headers: list[tuple[str, bytes]] | None = None, **over) -> InRecord:
     fields = {
         "topic": "seqguard.events",
         "partition": 3,
         "offset": 41,
-        "timestamp_ms": 1_700_000_000_000,
+        "timestamp": 1_700_000_000.0,
         "key": b"order-1",
         "value": b"{}",
     }
     fields.update(over)
-    return Source(headers=list(PRODUCER_HEADERS if headers is None else headers), **fields)
+    return InRecord(headers=list(PRODUCER_HEADERS if headers is None else headers), **fields)
 
 
 def failure(**over) -> Failure:
@@ -59,24 +60,25 @@ def failure(**over) -> Failure:
 
 
 def headers_of(
-    src: Source | None = None, fail: Failure | None = None, *, now: float = 1000.0, max_message: int = 1000
+    src: InRecord | None = None, fail: Failure | None = None, *, now: float = 1000.0, max_message: int = 1000
 ) -> dict[str, str]:
     built = dlq_headers(src or source(), fail or failure(), worker_id="host:1", max_message=max_message, now=now)
     return {k: v.decode() for k, v in built if k.startswith(r.PREFIX)}
 
 
 def dead_letter(
-    src: Source | None = None, fail: Failure | None = None, *, now: float = 1000.0, dlq_offset: int = 7
+    src: InRecord | None = None, fail: Failure | None = None, *, now: float = 1000.0, dlq_offset: int = 7
 ) -> DeadLetter:
     src = src or source()
     built = dlq_headers(src, fail or failure(), worker_id="host:1", max_message=1000, now=now)
     return DeadLetter.from_record(FakeRecord("seqguard.events.dlq", 0, dlq_offset, src.key, src.value, built))
 
 
-def replayed(letter: DeadLetter, *, topic: str = "seqguard.events", partition: int = 5, offset: int = 900) -> Source:
+def replayed(letter: DeadLetter, *, topic: str = "seqguard.events", partition: int = 5, offset: int = 900) -> InRecord:
     """The record a replay republishes, as the worker reads it back from the input topic."""
-    return Source(
-        topic, partition, offset, letter.original_timestamp, letter.key, letter.value, letter.replay_headers()
+    ts = letter.original_timestamp
+    return InRecord(
+        topic, partition, offset, None if ts is None else ts / 1000, letter.key, letter.value, letter.replay_headers()
     )
 
 
@@ -125,7 +127,7 @@ def test_dlq_headers_record_where_the_record_came_from_and_why_it_failed() -> No
 
 
 def test_dlq_headers_of_an_undecodable_record_leave_unknown_fields_empty() -> None:
-    got = headers_of(source(timestamp_ms=None), Failure("deserialization_failed", "not JSON"))
+    got = headers_of(source(timestamp=None), Failure("deserialization_failed", "not JSON"))
     assert [got[h] for h in (r.ORIGINAL_TIMESTAMP, r.AGGREGATE_ID, r.SEQUENCE, r.EVENT_TYPE, r.EVENT_ID)] == [
         "",
         "",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tables.seen import SeenIds
+from tables.state import FIXED_BYTES, Aggregate, encode
 from workers.envelope import MAX_ATTRIBUTE_CHARS, decode, encode_structured
 from workers.errors import DecodeError
 
@@ -17,8 +16,15 @@ def test_seen_ids_trimmed_to_bytes_keep_the_newest() -> None:
         seen.add(f"source\x1f{i:0500d}", float(i), max_ids=10_000)
     dropped = seen.trim_to_bytes(100_000)
     assert dropped > 0
-    assert len(json.dumps(seen.to_json())) <= 100_000
+    assert len(encode(Aggregate(seen=seen))) <= 100_000 + FIXED_BYTES
     assert list(seen.ids)[-1].endswith(f"{999:0500d}")  # the newest survive
+
+
+def test_an_emoji_heavy_key_counts_by_its_encoded_bytes_not_its_characters() -> None:
+    seen = SeenIds()
+    seen.add("s\x1f" + "\U0001f600" * 1000, 0.0, max_ids=10)
+    assert seen.nbytes >= 4000  # 1000 characters, 4000 bytes
+    assert len(encode(Aggregate(seen=seen))) <= seen.nbytes + FIXED_BYTES
 
 
 def test_seen_ids_under_the_budget_are_untouched() -> None:

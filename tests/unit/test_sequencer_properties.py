@@ -5,7 +5,6 @@ No I/O: a fake clock (plain float ``now`` values), the in-memory driver in _seqd
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +14,8 @@ from tables.policy import Policy, PolicyBook
 from tables.reorder import Buffered, ReorderBuffer
 from tables.seen import SeenIds
 from tables.sequence import Parked, SequenceState
-from tables.sequencer import Gap, Incoming, Verdict
+from tables.sequencer import Aggregate, Gap, Incoming, Verdict
+from tables.state import decode, encode
 from tests.unit._seqdriver import Driver, ev, runs
 
 TIMEOUT = 30.0
@@ -407,28 +407,20 @@ def test_buffer_never_grows_past_max_buffered(max_buffered, ahead):
     assert driver.seqs("agg") == list(range(1, 2 + min(ahead, max_buffered)))
 
 
-# --- 10. serialization round trip -------------------------------------------------
+# --- 10. the state record: round trip, size bound ---------------------------------
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=8,
-)
 times = st.floats(0, 2e9, allow_nan=False, allow_infinity=False)
 parked = st.builds(Parked, st.integers(1, 2**53), st.sampled_from(["gap", "Boom", "ValueError"]), times)
-states = st.builds(
-    SequenceState,
-    st.none() | st.integers(1, 2**53),
-    st.none() | parked,
-    times,
-    st.none() | st.integers(0, 1024),
+states = st.builds(SequenceState, st.none() | st.integers(1, 2**53), st.none() | parked, times)
+any_text = st.text(max_size=12)  # any code point but lone surrogates: emoji, CJK, NUL...
+raw_records = st.tuples(
+    any_text,
+    st.integers(0, 1024),
+    st.integers(0, 2**62),
+    st.none() | times,
+    st.none() | st.binary(max_size=16),
+    st.none() | st.binary(max_size=64) | any_text.map(str.encode),
+    st.lists(st.tuples(any_text, st.none() | st.binary(max_size=8)), max_size=4),
 )
 buffered = st.builds(
     Buffered,
@@ -436,46 +428,39 @@ buffered = st.builds(
     st.text(min_size=1, max_size=12),
     st.text(min_size=1, max_size=12),
     times,
-    json_values,
+    st.none() | raw_records,
     st.booleans(),
+)
+aggregates = st.builds(
+    Aggregate,
+    states,
+    st.lists(buffered, max_size=8, unique_by=lambda b: b.seq).map(lambda es: ReorderBuffer({b.seq: b for b in es})),
+    st.dictionaries(any_text, times, max_size=20).map(SeenIds),
 )
 
 
-def through_json(data):
-    return json.loads(json.dumps(data))
+@SETTINGS
+@given(aggregates)
+def test_an_aggregate_survives_its_record_in_full_and_in_order(agg):
+    back = decode(encode(agg))
+    assert back == agg
+    assert list(back.seen.ids) == list(agg.seen.ids)  # order is age: eviction depends on it
+    assert list(back.buffer.items) == list(agg.buffer.items)
+    assert back.buffer.oldest_at() == agg.buffer.oldest_at()
 
 
 @SETTINGS
-@given(states)
-def test_sequence_state_survives_a_json_round_trip(state):
-    assert SequenceState.from_json(through_json(state.to_json())) == state
-
-
-@SETTINGS
-@given(st.lists(buffered, max_size=8, unique_by=lambda b: b.seq))
-def test_reorder_buffer_survives_a_json_round_trip(entries):
-    buf = ReorderBuffer({b.seq: b for b in entries})
-    back = ReorderBuffer.from_json(through_json(buf.to_json()))
-    assert back.items == buf.items
-    assert list(back.items) == list(buf.items)
-    assert back.oldest_at() == buf.oldest_at()
-    assert back.lowest() == buf.lowest()
-
-
-@SETTINGS
-@given(st.dictionaries(st.text(max_size=12), times, max_size=20))
-def test_seen_ids_survive_a_json_round_trip_in_order(ids):
-    seen = SeenIds(dict(ids))
-    back = SeenIds.from_json(through_json(seen.to_json()))
-    assert back.ids == seen.ids
-    assert list(back.ids) == list(seen.ids)  # order is age: eviction depends on it
+@given(aggregates)
+def test_the_encoded_record_never_exceeds_the_size_the_core_bounds(agg):
+    assert len(encode(agg)) <= agg.nbytes
+    assert agg.buffer.nbytes == sum(b.nbytes for b in agg.buffer.items.values())
 
 
 @SETTINGS
 @given(stream_with_holes(max_events=8), st.data())
-def test_state_restored_from_json_mid_stream_behaves_like_the_original(stream, data):
-    """Persist every aggregate's three tables mid-stream, restore, and finish: the outcome
-    is the same as never having restarted (the state is fully captured by its JSON)."""
+def test_state_restored_from_its_record_mid_stream_behaves_like_the_original(stream, data):
+    """Persist every aggregate's record mid-stream, restore, and finish: the outcome is the
+    same as never having restarted (the state is fully captured by its one record)."""
     deliveries, _sent = stream
     cut = data.draw(st.integers(0, len(deliveries)))
     book = PolicyBook(default=Policy(gap_timeout=TIMEOUT, gap_policy=data.draw(st.sampled_from(["skip", "park"]))))
@@ -483,16 +468,7 @@ def test_state_restored_from_json_mid_stream_behaves_like_the_original(stream, d
     for now, agg, seq in deliveries[:cut]:
         straight.deliver(agg, ev(seq), now)
         restarted.deliver(agg, ev(seq), now)
-    from tables.sequencer import Aggregate
-
-    restarted.aggs = {
-        agg_id: Aggregate(
-            SequenceState.from_json(through_json(a.seq.to_json())),
-            ReorderBuffer.from_json(through_json(a.buffer.to_json())),
-            SeenIds.from_json(through_json(a.seen.to_json())),
-        )
-        for agg_id, a in restarted.aggs.items()
-    }
+    restarted.aggs = {agg_id: decode(encode(a)) for agg_id, a in restarted.aggs.items()}
     for d in (straight, restarted):
         for now, agg, seq in deliveries[cut:]:
             d.deliver(agg, ev(seq), now)

@@ -1,11 +1,11 @@
 """Reading the DLQ to its current end, and the durable "already replayed" markers.
 
-"The end" is the fetch high-water mark of each partition (ListOffsets "latest" is wrong
-on the embedded broker, EMBEDDED-BROKER.md trap 2; on Kafka both agree). Markers live
-in a compacted topic ``<dlq>.replayed``, one record per run of consecutive DLQ offsets
-(key ``partition:first-last``), written only after the republished records were
-acknowledged: a second `replay` skips what the first one republished, whatever filters
-either used.
+"The end" is the fetch high-water mark of each partition (``workers.kafka.read``:
+ListOffsets "latest" is wrong on the embedded broker, docs/embedded-broker.md; on Kafka
+both agree). Markers live in a compacted topic, ``<dlq>.replayed``
+(``Settings.markers_topic``), one record per run of consecutive DLQ offsets (key
+``partition:first-last``), written only after the republished records were acknowledged:
+a second `replay` skips what the first one republished, whatever filters either used.
 """
 
 from __future__ import annotations
@@ -16,54 +16,15 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from workers.dlq.records import DeadLetter
+from workers.kafka.read import read_to_end
+from workers.settings import Settings
 
-
-def markers_topic(dlq_topic: str) -> str:
-    return f"{dlq_topic}.replayed"
-
-
-async def read_to_end(bootstrap: str, topic: str, *, idle_timeout: float = 5.0) -> list[Any]:
-    """Every record of ``topic`` up to each partition's high-water mark at the time of reading."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=100,
-        max_poll_records=5000,
-    )
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        pending = set(tps)
-        last_data = time.monotonic()
-        while pending:
-            batch = await consumer.getmany(timeout_ms=200)
-            for msgs in batch.values():
-                out.extend(msgs)
-                last_data = time.monotonic()
-            for tp in list(pending):
-                highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
-                    pending.discard(tp)
-            if pending and time.monotonic() - last_data > idle_timeout:
-                break  # a partition that never answered a fetch: nothing arrives from it
-        return out
-    finally:
-        await consumer.stop()
+#: A partition that never answers a fetch: give up on it after this many quiet seconds.
+IDLE_TIMEOUT = 5.0
 
 
 class Replayed:
@@ -103,23 +64,25 @@ def runs_of(letters: Iterable[DeadLetter]) -> list[tuple[int, int, int]]:
     return runs
 
 
-async def read_dead_letters(bootstrap: str, dlq_topic: str) -> tuple[list[DeadLetter], Replayed]:
+async def read_dead_letters(settings: Settings) -> tuple[list[DeadLetter], Replayed]:
     """The DLQ's records and the places already replayed."""
+    bootstrap = settings.bootstrap_servers
     records, marks = await asyncio.gather(
-        read_to_end(bootstrap, dlq_topic), read_to_end(bootstrap, markers_topic(dlq_topic))
+        read_to_end(bootstrap, settings.dlq, quiet=IDLE_TIMEOUT, fetch_wait_ms=100),
+        read_to_end(bootstrap, settings.markers_topic, quiet=IDLE_TIMEOUT, fetch_wait_ms=100),
     )
     runs = []
-    for mark in marks:
+    for mark in marks.records:
         if mark.value is not None:
             partition, _, span = mark.key.decode().partition(":")
             first, _, last = span.partition("-")
             runs.append((int(partition), int(first), int(last)))
-    return [DeadLetter.from_record(r) for r in records], Replayed(runs)
+    return [DeadLetter.from_record(r) for r in records.records], Replayed(runs)
 
 
-async def write_markers(producer: AIOKafkaProducer, dlq_topic: str, letters: Iterable[DeadLetter], by: str) -> None:
-    """Mark ``letters`` replayed: one marker per run of consecutive offsets, not one per record."""
-    topic = markers_topic(dlq_topic)
+async def write_markers(producer: AIOKafkaProducer, topic: str, letters: Iterable[DeadLetter], by: str) -> None:
+    """Mark ``letters`` replayed in the markers ``topic``: one marker per run of consecutive
+    offsets, not one per record."""
     body = json.dumps({"at": time.time(), "by": by}).encode()
     futures = [
         await producer.send(topic, body, key=f"{p}:{first}-{last}".encode()) for p, first, last in runs_of(letters)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from workers.records import InRecord
 
 PREFIX = "seqguard-"
 ORIGINAL_TOPIC = "seqguard-original-topic"
@@ -44,19 +46,6 @@ class Failure:
     event_id: str = ""
 
 
-@dataclass(slots=True)
-class Source:
-    """Where the failed record came from, as read from Kafka."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
-
-
 def original_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes | None]]:
     return [(k, v) for k, v in headers if not k.startswith(PREFIX)]
 
@@ -70,9 +59,10 @@ def header(headers: Iterable[tuple[str, bytes | None]], name: str) -> str | None
 
 
 def dlq_headers(
-    source: Source, failure: Failure, *, worker_id: str, max_message: int, now: float | None = None
+    source: InRecord, failure: Failure, *, worker_id: str, max_message: int, now: float | None = None
 ) -> list[tuple[str, bytes | None]]:
-    """The DLQ record's headers. A replayed record keeps its first failure time and replay count."""
+    """The DLQ headers of the failed input record ``source``. A replayed record keeps its first
+    failure time and replay count."""
     now = time.time() if now is None else now
     replays = header(source.headers, REPLAY_COUNT) or "0"
     first = header(source.headers, FIRST_FAILURE) or f"{now:.3f}"

@@ -93,7 +93,7 @@ def target(letter: DeadLetter, settings: Settings) -> tuple[str, int | None]:
 
 
 async def load_plan(settings: Settings, filters: Filters) -> Plan:
-    letters, replayed = await read_dead_letters(settings.bootstrap_servers, settings.dlq)
+    letters, replayed = await read_dead_letters(settings)
     return make_plan(letters, replayed, filters, settings.max_replays)
 
 
@@ -142,7 +142,7 @@ async def execute(
             await producer.flush()
             for fut in futures:
                 await fut
-            await write_markers(producer, settings.dlq, part, by)
+            await write_markers(producer, settings.markers_topic, part, by)
     finally:
         await producer.stop()
     return sent

@@ -1,9 +1,9 @@
 """Create every topic seqguard uses, in advance, with explicit partition counts.
 
 Kafka clusters often disable auto-creation, and the embedded broker auto-creates any
-topic a metadata request names with 4 partitions: either way, waiting for a consumer
-to create a topic gets the partition count wrong. A broker that cannot be reached
-here is a StartupError: the worker exits instead of running silently.
+topic a metadata request names with 4 partitions (docs/embedded-broker.md): either way,
+waiting for a consumer to create a topic gets the partition count wrong. A broker that
+cannot be reached here is a StartupError: the worker exits instead of running silently.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
-from workers.dlq.reader import markers_topic
 from workers.errors import StartupError
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TABLES = ("sequence", "seen", "reorder")
+TABLES = ("state",)
 COMPACT = {"cleanup.policy": "compact"}
 LONG_RETENTION = {"retention.ms": str(30 * 86_400_000)}
 
@@ -34,9 +33,9 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.output_topic, n, rf),
         NewTopic(settings.dlq, n, rf, topic_configs=LONG_RETENTION),
         NewTopic(settings.audit_topic, 1, rf, topic_configs=LONG_RETENTION),
-        NewTopic(markers_topic(settings.dlq), 1, rf, topic_configs=COMPACT),
+        NewTopic(settings.markers_topic, 1, rf, topic_configs=COMPACT),
         # Faust's leader-election topic: one partition, as Faust itself declares it.
-        NewTopic(f"{settings.app_id}-__assignor-__leader", 1, rf),
+        NewTopic(settings.assignor_leader_topic, 1, rf),
     ]
     topics += [NewTopic(settings.changelog_topic(t), n, rf, topic_configs=COMPACT) for t in TABLES]
     return topics

