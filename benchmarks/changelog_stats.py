@@ -3,7 +3,7 @@
 Every topic named ``<app_id>-<table>-changelog`` counts: they are found by listing the broker's
 topics, not from a list of table names. Each is read from the beginning to its end, i.e. until
 every partition's position reaches the high-water mark its last fetch reported (the embedded
-broker's ListOffsets, hence ``end_offsets``, is a batch short: EMBEDDED-BROKER.md trap 2), or,
+broker's ListOffsets, hence ``end_offsets``, is a batch short: see docs/embedded-broker.md), or,
 failing that, until no record arrived for ``quiet`` seconds.
 
 Records written = the high-water marks' sum (offsets start at 0; the same as the records read

@@ -23,10 +23,11 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from tests.harness import Deployment, Worker, consume_all, metric_value, start_redis
-from workers.dlq.records import Failure, Source, dlq_headers
+from workers.dlq.records import Failure, dlq_headers
 from workers.dlq.replay import Filters, execute, load_plan
-from workers.embedded import start_broker
 from workers.envelope import encode_structured
+from workers.kafka.embedded import start_broker
+from workers.records import InRecord
 
 
 async def fill_dlq(bootstrap: str, settings, records: int, aggregates: int, rng: random.Random) -> None:
@@ -42,8 +43,9 @@ async def fill_dlq(bootstrap: str, settings, records: int, aggregates: int, rng:
             headers, value = encode_structured(
                 {"id": f"{agg}-{s}", "source": "bench", "type": "bench.step", "sequence": s, "data": {"pad": "x" * 120}}
             )
-            source = Source(
-                settings.input_topic, a % settings.partitions, i, int(now * 1000) + s, agg.encode(), value, headers
+            timestamp = (int(now * 1000) + s) / 1000  # InRecord holds seconds
+            source = InRecord(
+                settings.input_topic, a % settings.partitions, i, timestamp, agg.encode(), value, list(headers)
             )
             failure = Failure("timeout_exceeded", "handler ran past 10 s", 3, agg, s, "bench.step", f"{agg}-{s}")
             dlq_h = dlq_headers(source, failure, worker_id="bench", max_message=1000, now=now)

@@ -22,8 +22,8 @@ redis-server it starts unless REDIS_URL is set):
     producer into a fresh deployment with a running worker, and a consumer on the output
     topic measuring receive time - record timestamp (the worker keeps the input's
     CreateTime). Once per fetch wait (SEQGUARD_FETCH_MAX_WAIT_MS, default 50 and 500): the
-    embedded broker answers a waiting fetch only when its wait expires (EMBEDDED-BROKER.md
-    trap 11). Real Kafka answers at once: these latencies are an upper bound.
+    embedded broker answers a waiting fetch only when its wait expires (docs/embedded-broker.md).
+    Real Kafka answers at once: these latencies are an upper bound.
 
 CPU: utime+stime from /proc/<pid>/stat for the broker and the worker, and the machine's
 busy time from /proc/stat ("others" = what other processes used meanwhile: this machine
@@ -57,11 +57,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from benchmarks.changelog_stats import changelog_stats, summary_lines
 from tests.harness import LOGS, Deployment, Worker, metric_value, start_redis
 from workers.envelope import encode_structured
-
-try:
-    from workers.kafka.embedded import EmbeddedBroker, start_broker
-except ImportError:  # before workers/kafka/
-    from workers.embedded import EmbeddedBroker, start_broker  # type: ignore[no-redef]
+from workers.kafka.embedded import EmbeddedBroker, start_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

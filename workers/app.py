@@ -18,7 +18,6 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from tables.changelog import state_table
@@ -30,10 +29,11 @@ from workers.kafka.sink import Sink
 from workers.metrics import Metrics
 from workers.policy_file import policy_book
 from workers.processor.batch import OrderedProcessor
-from workers.processor.store import StateStore, state_view
+from workers.processor.store import StateStore
 from workers.processor.sweep import Sweeper
 from workers.records import InRecord
 from workers.settings import Settings
+from workers.web import install_pages
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class Runtime:
     metrics: Metrics
     processor: OrderedProcessor | None = None
     sweeper: Sweeper | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return worker_id(self.settings)
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -131,6 +135,14 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
 
     _deliver_ordered_topics(app, channel, settings, processor)
 
+    _schedule_sweep(app, settings, runtime.metrics, processor, sweeper)
+    install_pages(app, runtime, table)
+    return runtime
+
+
+def _schedule_sweep(
+    app: faust.App, settings: Settings, metrics: Metrics, processor: OrderedProcessor, sweeper: Sweeper
+) -> None:
     @app.on_partitions_revoked.connect  # type: ignore[misc,arg-type]
     async def finish_batch_before_revocation(app: faust.App, revoked: set[Any], **_: Any) -> None:
         # The rebalance waits for this: no batch is still writing the revoked partitions'
@@ -146,28 +158,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
         except Exception:
             log.critical("sweep failed; stopping the worker without acknowledging anything", exc_info=True)
             os._exit(EXIT_CRITICAL)
-        _update_lag(app, runtime.metrics)
-
-    @app.page("/metrics")
-    async def metrics_view(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(runtime.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    @app.page("/healthz")
-    async def health_view(web: Any, request: Any) -> Any:
-        """200 once table recovery has completed and the worker processes events."""
-        ready = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-        return web.json({"ready": ready, "worker": worker_id(settings)}, status=200 if ready else 503)
-
-    @app.page("/tables")
-    async def tables_view(web: Any, request: Any) -> Any:
-        """Every table's content (SEQGUARD_STATE_DUMP=true only: it can be large)."""
-        if not settings.state_dump:
-            return web.json({"error": "set SEQGUARD_STATE_DUMP=true to enable"}, status=404)
-        async with processor.lock:  # between batches: a consistent picture
-            dump = {table.name: {k.decode("latin-1"): state_view(v) for k, v in table.data.items()}}
-        return web.json(dump)
-
-    return runtime
+        _update_lag(app, metrics)
 
 
 def _deliver_ordered_topics(app: faust.App, channel: Any, settings: Settings, processor: OrderedProcessor) -> None:

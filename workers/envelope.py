@@ -97,21 +97,25 @@ def _load_json(raw: bytes, what: str) -> Any:
         raise DecodeError(f"{what} is not usable JSON: {str(exc)[:80]}") from None
 
 
-def _attributes(key: bytes | None, value: bytes | None, hmap: dict[str, bytes | None]) -> tuple[dict[str, Any], bool]:
-    if "ce_specversion" in hmap:
-        attrs: dict[str, Any] = {
-            name[3:]: _text(raw, f"header {name}") for name, raw in hmap.items() if name.startswith("ce_")
-        }
-        ctype = hmap.get("content-type")
-        if ctype is not None:
-            attrs["datacontenttype"] = _text(ctype, "content-type")
-        if value is None:
-            attrs["data"] = None
-        elif attrs.get("datacontenttype", "application/json").split(";")[0].strip().endswith("json"):
-            attrs["data"] = _load_json(value, "binary-mode data")
-        else:
-            attrs["data"] = _text(value, "binary-mode data")
-        return attrs, True
+def _binary_attributes(value: bytes | None, hmap: dict[str, bytes | None]) -> dict[str, Any]:
+    """Binary mode: context attributes from the ``ce_*`` headers, the value is the data."""
+    attrs: dict[str, Any] = {
+        name[3:]: _text(raw, f"header {name}") for name, raw in hmap.items() if name.startswith("ce_")
+    }
+    ctype = hmap.get("content-type")
+    if ctype is not None:
+        attrs["datacontenttype"] = _text(ctype, "content-type")
+    if value is None:
+        attrs["data"] = None
+    elif attrs.get("datacontenttype", "application/json").split(";")[0].strip().endswith("json"):
+        attrs["data"] = _load_json(value, "binary-mode data")
+    else:
+        attrs["data"] = _text(value, "binary-mode data")
+    return attrs
+
+
+def _structured_attributes(value: bytes | None, hmap: dict[str, bytes | None]) -> dict[str, Any]:
+    """Structured mode: the value is the whole event as a JSON object."""
     if value is None:
         raise DecodeError("empty record: no value and no ce_ headers")
     ctype = hmap.get("content-type")
@@ -120,7 +124,69 @@ def _attributes(key: bytes | None, value: bytes | None, hmap: dict[str, bytes | 
     doc = _load_json(value, "structured event")
     if not isinstance(doc, dict):
         raise DecodeError(f"structured event is a JSON {type(doc).__name__}, not an object")
-    return doc, False
+    return doc
+
+
+def _attributes(value: bytes | None, hmap: dict[str, bytes | None]) -> tuple[dict[str, Any], bool]:
+    """The event's attributes (data included under ``data``), and whether it came in binary mode."""
+    if "ce_specversion" in hmap:
+        return _binary_attributes(value, hmap), True
+    return _structured_attributes(value, hmap), False
+
+
+def _check_context(attrs: dict[str, Any]) -> None:
+    """The required attributes are non-empty strings, the spec version is 1.0, the data is not base64."""
+    for name in REQUIRED:
+        if not isinstance(attrs.get(name), str) or not attrs[name]:
+            raise DecodeError(f"missing or empty CloudEvents attribute {name!r}")
+    if attrs["specversion"] != "1.0":
+        raise DecodeError(f"unsupported specversion {attrs['specversion'][:20]!r}")
+    if attrs.get("data") is None and "data_base64" in attrs:
+        raise DecodeError("data_base64 is not supported: seqguard events carry JSON data")
+
+
+def _event_id(raw: Any, data: Any, derive_ids: bool) -> tuple[str, bool]:
+    """The event id, and whether it was derived from the data (when the event has none)."""
+    if raw is None or raw == "":
+        if not derive_ids:
+            raise DecodeError("missing or empty CloudEvents attribute 'id'")
+        return canonical_data_id(data), True
+    if not isinstance(raw, str):
+        raise DecodeError("attribute 'id' is not a string")
+    return raw, False
+
+
+def _aggregate_id(raw: Any, key: bytes | None) -> str:
+    """The ``partitionkey`` attribute, or else the record key."""
+    aggregate = raw
+    if aggregate is None:
+        aggregate = _text(key, "key") if key else None
+    if not aggregate or not isinstance(aggregate, str):
+        raise DecodeError("no aggregate ID: neither a partitionkey attribute nor a record key")
+    return aggregate
+
+
+def _check_identities(identities: Iterable[tuple[str, str]]) -> None:
+    """Each identity is at most MAX_ATTRIBUTE_CHARS long and encodable as UTF-8."""
+    for what, text in identities:
+        if len(text) > MAX_ATTRIBUTE_CHARS:
+            raise DecodeError(f"{what} is longer than {MAX_ATTRIBUTE_CHARS} characters")
+        if not text.isascii():
+            try:  # JSON text may escape a lone surrogate, which no key or Redis name can carry
+                text.encode()
+            except UnicodeEncodeError:
+                raise DecodeError(f"{what} contains a lone surrogate") from None
+
+
+def _schema_version(raw: Any) -> int:
+    """The ``schemaversion`` extension as an integer (1 when absent)."""
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        # int() would truncate 1.5 to 1, and fail on an infinity with OverflowError
+        raise DecodeError(f"schemaversion is not an integer: {str(raw)[:20]!r}")
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise DecodeError(f"schemaversion is not an integer: {str(raw)[:20]!r}") from None
 
 
 def decode(
@@ -135,46 +201,16 @@ def decode(
     """Decode one Kafka record into an Envelope, or raise DecodeError saying why not."""
     if value is not None and len(value) > max_bytes:
         raise DecodeError(f"record of {len(value)} bytes exceeds the limit of {max_bytes}")
-    attrs, binary = _attributes(key, value, _header_map(headers))
-    for name in REQUIRED:
-        if not isinstance(attrs.get(name), str) or not attrs[name]:
-            raise DecodeError(f"missing or empty CloudEvents attribute {name!r}")
-    if attrs["specversion"] != "1.0":
-        raise DecodeError(f"unsupported specversion {attrs['specversion'][:20]!r}")
+    attrs, binary = _attributes(value, _header_map(headers))
+    _check_context(attrs)
     data = attrs.get("data")
-    if data is None and "data_base64" in attrs:
-        raise DecodeError("data_base64 is not supported: seqguard events carry JSON data")
-    event_id = attrs.get("id")
-    derived = False
-    if event_id is None or event_id == "":
-        if not derive_ids:
-            raise DecodeError("missing or empty CloudEvents attribute 'id'")
-        event_id, derived = canonical_data_id(data), True
-    elif not isinstance(event_id, str):
-        raise DecodeError("attribute 'id' is not a string")
-    aggregate = attrs.get(PARTITION_KEY_ATTR)
-    if aggregate is None:
-        aggregate = _text(key, "key") if key else None
-    if not aggregate or not isinstance(aggregate, str):
-        raise DecodeError("no aggregate ID: neither a partitionkey attribute nor a record key")
-    identities = (("aggregate ID", aggregate), ("id", event_id), ("source", attrs["source"]), ("type", attrs["type"]))
-    for what, text in identities:
-        if len(text) > MAX_ATTRIBUTE_CHARS:
-            raise DecodeError(f"{what} is longer than {MAX_ATTRIBUTE_CHARS} characters")
-        if not text.isascii():
-            try:  # JSON text may escape a lone surrogate, which no key or Redis name can carry
-                text.encode()
-            except UnicodeEncodeError:
-                raise DecodeError(f"{what} contains a lone surrogate") from None
+    event_id, derived = _event_id(attrs.get("id"), data, derive_ids)
+    aggregate = _aggregate_id(attrs.get(PARTITION_KEY_ATTR), key)
+    _check_identities(
+        (("aggregate ID", aggregate), ("id", event_id), ("source", attrs["source"]), ("type", attrs["type"]))
+    )
     sequence = parse_sequence(attrs.get(SEQUENCE_ATTR), max_sequence)
-    version = attrs.get(SCHEMA_VERSION_ATTR, 1)
-    if isinstance(version, bool) or (isinstance(version, float) and not version.is_integer()):
-        # int() would truncate 1.5 to 1, and fail on an infinity with OverflowError
-        raise DecodeError(f"schemaversion is not an integer: {str(version)[:20]!r}")
-    try:
-        version = int(version)
-    except (TypeError, ValueError):
-        raise DecodeError(f"schemaversion is not an integer: {str(version)[:20]!r}") from None
+    version = _schema_version(attrs.get(SCHEMA_VERSION_ATTR, 1))
     return Envelope(
         id=event_id,
         source=attrs["source"],

@@ -31,7 +31,7 @@ UNORDERED = Policy(ordering="unordered", gap_timeout=30.0)
 
 
 #: A raw input record as a buffer keeps it: non-UTF-8 header bytes, an emoji in the value.
-RAW = ("t.events", 3, 41, 1.5, b"o4", "{\"x\":\"\u00e9 \U0001f600\"}".encode(), [("h", b"\xff\x00"), ("n", None)])
+RAW = ("t.events", 3, 41, 1.5, b"o4", '{"x":"\u00e9 \U0001f600"}'.encode(), [("h", b"\xff\x00"), ("n", None)])
 
 
 def book(default: Policy = ORDERED, start="from_one", **by_type: Policy) -> PolicyBook:
@@ -690,8 +690,6 @@ def test_parked_sequence_state_round_trips_through_its_record():
 def test_no_record_or_a_tombstone_gives_a_fresh_aggregate():
     assert decode(None) == Aggregate()
     assert decode(None).seq == SequenceState()
-
-
 
 
 def test_done_placeholder_round_trips_through_its_record_and_still_steps_over():
