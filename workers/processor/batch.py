@@ -147,8 +147,9 @@ class OrderedProcessor:
         elif action is Action.HOLD:
             self._held_now[loaded.partition] += 1
             self._counts[m.out_of_order][env.type] += 1
-            if len(self._envelopes) < ENVELOPE_CACHE:
-                self._envelopes[(rec.topic, rec.partition, rec.offset)] = env
+            if len(self._envelopes) >= ENVELOPE_CACHE:
+                self._envelopes.clear()  # entries of events dropped or moved away: a miss only costs a decode
+            self._envelopes[(rec.topic, rec.partition, rec.offset)] = env
         elif action is Action.SKIP:
             self._counts[m.duplicates][env.type] += 1
         elif action is Action.DEAD_LETTER:
