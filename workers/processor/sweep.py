@@ -41,8 +41,9 @@ class Sweeper:
             if self._idle_keys is not None:
                 self._expire_idle(active, now, ttl)
             p.count_batch()  # events a gap skip released count too
+            parked = Counter(part for key, part in p.store.held.items() if p.load(key, part).agg.seq.parked)
             await p.commit()
-            self._update_gauges(active)
+            self._update_gauges(active, parked)
 
     async def expire_gaps(self, loaded: Loaded, now: float = math.inf) -> None:
         policy_of = self.processor.policies.for_type
@@ -66,12 +67,9 @@ class Sweeper:
             if expiry is not timers.Expiry.KEEP:
                 p.store.save(loaded, forget=expiry is timers.Expiry.FORGET)
 
-    def _update_gauges(self, active: set[int]) -> None:
+    def _update_gauges(self, active: set[int], parked: Counter[int]) -> None:
+        """``parked`` from the aggregates this sweep loaded (every held one): no second decode."""
         p = self.processor
-        parked: Counter[int] = Counter()
-        for key, partition in p.store.held.items():
-            if p.store.load(key, partition).agg.seq.parked is not None:
-                parked[partition] += 1
         for partition in active:
             p.metrics.parked.labels(str(partition)).set(parked[partition])
             p.metrics.buffered.labels(str(partition)).set(max(0, p.store.waiting[partition]))
