@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from tables.policy import OverflowPolicy, Policy, StartPolicy
 from tables.reorder import Buffered, RawRecord
-from tables.seen import SeenIds
 from tables.sequence import Parked
 from tables.state import FIXED_BYTES, Aggregate
 from tables.timers import Gap, skip_gap
@@ -211,7 +210,6 @@ __all__ = [
     "Gap",
     "Incoming",
     "Limits",
-    "SeenIds",
     "Verdict",
     "applied",
     "decide",

@@ -1,4 +1,4 @@
-"""An input record as read from Kafka, and its JSON form for the reorder buffer.
+"""An input record as read from Kafka, and its raw form for the reorder buffer (tables.reorder.RawRecord).
 
 The one input-record type: the processor, the handlers and the DLQ headers all take it.
 """
@@ -6,7 +6,8 @@ The one input-record type: the processor, the handlers and the DLQ headers all t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from tables.reorder import RawRecord
 
 
 @dataclass(slots=True)
@@ -24,28 +25,6 @@ class InRecord:
         # round, not int: ms / 1000 * 1000 may come back a hair under the integer it was.
         return None if self.timestamp is None else round(self.timestamp * 1000)
 
-    def to_json(self) -> list[Any]:
-        # Only decodable events are buffered, so the value is UTF-8 text; keys and
-        # header values may be any bytes: latin-1 maps each byte to one character.
-        return [
-            self.topic,
-            self.partition,
-            self.offset,
-            self.timestamp,
-            None if self.key is None else self.key.decode("latin-1"),
-            None if self.value is None else self.value.decode("utf-8"),
-            [[k, None if v is None else v.decode("latin-1")] for k, v in self.headers],  # values are nullable
-        ]
-
-    @classmethod
-    def from_json(cls, data: list[Any]) -> InRecord:
-        topic, partition, offset, ts, key, value, headers = data
-        return cls(
-            topic,
-            partition,
-            offset,
-            ts,
-            None if key is None else key.encode("latin-1"),
-            None if value is None else value.encode("utf-8"),
-            [(k, None if v is None else v.encode("latin-1")) for k, v in headers],
-        )
+    def raw(self) -> RawRecord:
+        """The record as a reorder buffer keeps it in the state record, verbatim."""
+        return (self.topic, self.partition, self.offset, self.timestamp, self.key, self.value, self.headers)

@@ -29,7 +29,7 @@ from workers.handlers import Registry
 from workers.kafka.sink import Sink
 from workers.metrics import BatchObserver, Metrics
 from workers.processor.emit import Emitter
-from workers.processor.runner import HandlerFailure, HandlerRunner
+from workers.processor.runner import HandlerRunner
 from workers.processor.store import Loaded, StateStore
 from workers.records import InRecord
 from workers.settings import Settings
@@ -130,7 +130,7 @@ class OrderedProcessor:
 
     async def _receive(self, loaded: Loaded, env: Envelope, rec: InRecord) -> None:
         policy = self.policies.for_type(env.type)
-        incoming = Incoming(env.sequence, env.idempotency_key, env.type, _raw(rec))
+        incoming = Incoming(env.sequence, env.idempotency_key, env.type, rec.raw())
         partition = loaded.partition
         room = self.store.waiting[partition] + self._held_now[partition] < self.settings.max_buffered_per_partition
         decision = core.decide(loaded.agg, incoming, policy, self.clock(), self.limits, room=room)
@@ -265,10 +265,3 @@ class OrderedProcessor:
 
     def _failure(self, env: Envelope, error_class: str, message: str, attempts: int) -> Failure:
         return Failure(error_class, message, attempts, env.aggregate_id, env.sequence, env.type, env.id)
-
-
-def _raw(rec: InRecord) -> tuple[Any, ...]:
-    return (rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value, rec.headers)
-
-
-__all__ = ["HandlerFailure", "OrderedProcessor"]
