@@ -31,7 +31,7 @@ class Buffered:
     seq: int
     key: str  # idempotency key (source + id)
     type: str
-    at: float  # when it was buffered: starts the gap clock
+    at: float  # when its wait began, on its partition's gap clock (tables.clock)
     record: RawRecord | None = None
     #: True for an event already applied on arrival (``unordered`` policy): it only
     #: marks its sequence number as used, so the sequence can step over it.

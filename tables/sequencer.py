@@ -59,6 +59,7 @@ class Incoming:
     key: str  # idempotency key: source + id
     type: str
     record: RawRecord | None = None  # the input record, kept verbatim if buffered
+    at: float | None = None  # when its wait begins on the gap clock (tables.clock); None: ``now``
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,7 @@ def receive(
     held = agg.buffer.get(seq)
     if held is not None:
         return Verdict.DUPLICATE if held.key == event.key else Verdict.CONFLICT
-    entry = Buffered(seq, event.key, event.type, now, event.record)
+    entry = Buffered(seq, event.key, event.type, now if event.at is None else event.at, event.record)
     if not room or len(agg.buffer) >= limits.max_buffered or not _fits(agg, entry, limits):
         return Verdict.OVERFLOW
     agg.buffer.put(entry)

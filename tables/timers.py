@@ -1,6 +1,7 @@
 """Decisions taken by time and by operators: gap timeouts, TTL expiry, resolve.
 
-Pure, like tables.sequencer: the clock is passed in and every outcome is a value.
+Pure, like tables.sequencer: the clock is passed in and every outcome is a value. For
+gaps, ``now`` is the aggregate's partition clock (tables.clock), never plain wall time.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def _waiting(agg: Aggregate) -> Buffered | None:
 
 
 def gap_due(agg: Aggregate, policy_of: Callable[[str], Policy], now: float) -> bool:
-    """Whether ``expire_gap`` would act now (the oldest buffered event waited too long)."""
+    """Whether ``expire_gap`` would act now (the oldest buffered event waited too long).
+
+    ``now`` is the partition's gap clock: stream time, or wall time while idle.
+    """
     if agg.seq.parked is not None or agg.seq.next_seq is None:
         return False
     waiting = _waiting(agg)

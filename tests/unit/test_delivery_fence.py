@@ -15,7 +15,7 @@ from typing import Any
 
 from faust.types import TP
 
-from workers.kafka.delivery import Delivery, drain_in_batches, fenced
+from workers.kafka.delivery import Delivery, Fence, drain_in_batches, fenced
 from workers.records import InRecord
 
 TOPIC = "seqguard.events"
@@ -54,6 +54,10 @@ class FakeConsumer:
         self.should_stop = False
         self.acked: list[tuple[TP, int]] = []
         self.callback = None  # Faust's per-message path: no record here takes it
+        self.seeks = 0
+
+    async def perform_seek(self) -> None:
+        self.seeks += 1
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         if self._fetch is None:
@@ -87,14 +91,17 @@ def places(recs: list[InRecord]) -> list[tuple[int, int]]:
     return [(r.partition, r.offset) for r in recs]
 
 
-async def drive(consumer: FakeConsumer, handler: Any, max_batch: int = 2) -> list[list[InRecord]]:
+async def drive(
+    consumer: FakeConsumer, handler: Any, max_batch: int = 2, lease_left: Any = None
+) -> list[list[InRecord]]:
     handed: list[list[InRecord]] = []
 
-    async def record_and_handle(batch: list[InRecord]) -> list[InRecord]:
+    async def record_and_handle(batch: list[InRecord], fence: Fence) -> list[InRecord]:
         handed.append(list(batch))
-        return await handler(len(handed), batch)
+        done: list[InRecord] = await handler(len(handed), batch)
+        return batch if fence() is None and done else []  # as the processor: all, or none once fenced
 
-    delivery = Delivery(frozenset({TOPIC}), record_and_handle, max_batch=max_batch)
+    delivery = Delivery(frozenset({TOPIC}), record_and_handle, max_batch=max_batch, lease_left=lease_left)
     await asyncio.wait_for(drain_in_batches(consumer, SimpleNamespace(_stopped=asyncio.Event()), delivery), 5)
     return handed
 
@@ -141,14 +148,49 @@ async def test_a_chunk_during_which_a_rebalance_began_is_not_acked() -> None:
     assert consumer.acked == [(A, 0), (A, 1)]
 
 
-async def test_only_the_records_the_handler_processed_are_acked() -> None:
+async def test_a_batch_the_fence_dropped_is_not_acked_and_the_fetch_is_read_again() -> None:
     consumer = FakeConsumer({A: records(A, 3)})
 
     async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
-        return batch[:1]
+        return [] if n == 1 else batch  # the processor's answer when the fence closed on it
 
-    await drive(consumer, handler)
-    assert consumer.acked == [(A, 0), (A, 2)]
+    handed = await drive(consumer, handler)
+    assert [places(chunk) for chunk in handed] == [[(0, 0), (0, 1)]]  # A2 is not handed out after it
+    assert consumer.acked == []
+    assert consumer.seeks == 1  # back to the committed offsets: nothing is skipped
+
+
+async def test_an_expired_lease_holds_the_batch_until_a_heartbeat_confirms_it() -> None:
+    consumer = FakeConsumer({A: records(A, 2)})
+    lease = {"left": -1.0}
+
+    async def confirm_later() -> None:
+        await asyncio.sleep(0.2)
+        lease["left"] = 10.0
+
+    async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
+        assert lease["left"] > 0  # never handed out while the lease is expired
+        return batch
+
+    confirming = asyncio.ensure_future(confirm_later())
+    handed = await drive(consumer, handler, lease_left=lambda c: lease["left"])
+    await confirming
+    assert [places(chunk) for chunk in handed] == [[(0, 0), (0, 1)]]
+    assert consumer.acked == [(A, 0), (A, 1)]
+
+
+async def test_a_lease_that_expires_while_a_batch_runs_drops_the_batch() -> None:
+    consumer = FakeConsumer({A: records(A, 2)})
+    lease = {"left": 10.0}
+
+    async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
+        lease["left"] = -1.0  # frozen mid-batch past the session timeout
+        asyncio.get_running_loop().call_later(0.2, lease.update, {"left": 10.0})  # then a heartbeat
+        return batch
+
+    await drive(consumer, handler, lease_left=lambda c: lease["left"])
+    assert consumer.acked == []
+    assert consumer.seeks == 1  # once the lease was confirmed again
 
 
 async def test_without_a_rebalance_every_record_is_delivered_in_order_and_acked() -> None:

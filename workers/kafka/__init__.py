@@ -2,8 +2,9 @@
 
 seqguard changes three things inside faust-streaming's aiokafka driver (``patches``: the
 fetch wait and the changelog-end probe; ``delivery``: records of the ordered topics go from
-the fetch to the processor in batches), and ``tables`` reads one private attribute of
-Faust's memory store. Private names change without notice between releases, so ``install``
+the fetch to the processor in batches), records aiokafka's heartbeat confirmations
+(``lease``), reads its per-partition fetch state (``progress``), and ``tables`` reads one
+private attribute of Faust's memory store. Private names change without notice between releases, so ``install``
 first checks that the installed versions are exactly the ones the patches were written and
 tested against, and refuses to start otherwise.
 
@@ -61,10 +62,11 @@ def check_versions(version: Callable[[str], str] = importlib.metadata.version) -
 def install(app: Any, hooks: Hooks) -> None:
     """Check the versions, patch the Faust classes (once per process) and attach ``hooks`` to ``app``."""
     check_versions()
-    from workers.kafka import delivery, patches
+    from workers.kafka import delivery, lease, patches
 
     patches.install()
     delivery.install()
+    lease.install()
     setattr(app, _ATTRIBUTE, hooks)  # noqa: B010 - Faust's App has no slot of ours
 
 

@@ -18,6 +18,13 @@ it only records still owned in the fetch's rebalance generation are acked. Dropp
 unacked records are read again from the committed offset by the partition's owner
 (Faust seeks there on assignment); the tables make the processed ones duplicates.
 
+The same fence goes with each batch to the processor (``Fence``), which checks it again
+before each handler and before it writes anything: a batch that a rebalance or an
+expired membership lease (workers/kafka/lease.py) overtook writes nothing, its records
+are not acked, and the loop seeks back to the committed offsets once the lease is
+confirmed again. Between fetches the loop also records which partitions are read to
+their end (workers/kafka/progress.py): the gap clock's idle signal.
+
 It replaces one method of faust-streaming's aiokafka Consumer (``_drain_messages``,
 checked against 0.15.3); the agent stays declared, so Faust subscribes and assigns the
 ordered topics as before.
@@ -28,18 +35,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from workers.kafka import hooks_of
+from workers.kafka import hooks_of, progress
 from workers.records import InRecord
 
 log = logging.getLogger(__name__)
 
-#: Processes a batch and returns the records it processed: only those are acked.
-BatchHandler = Callable[[list[InRecord]], Awaitable[Sequence[InRecord]]]
+#: Why the batch may not write (its partitions moved, or the lease ran out); None: it may.
+Fence = Callable[[], str | None]
+#: Processes a batch and returns the records it processed: only those are acked. It
+#: returns none of them if the fence closed before it wrote.
+BatchHandler = Callable[[list[InRecord], Fence], Awaitable[Sequence[InRecord]]]
 
 
 @dataclass(eq=False)  # no slots: Faust keeps unacked messages in a WeakSet
@@ -59,6 +69,11 @@ class Delivery:
     max_batch: int = 1_000  # a fetch larger than this is processed in several batches
     batches: int = 0
     left: int = 0  # records of revoked partitions left to their owner: neither processed nor acked
+    #: Seconds of membership lease left (workers/kafka/lease.py); None: always writable.
+    lease_left: Callable[[Any], float] | None = None
+    #: Since when each ordered partition is read to its end (the gap clock's idle signal).
+    complete: dict[progress.Place, progress.Complete] = field(default_factory=dict)
+    fenced_batches: int = 0  # batches dropped by the fence before they wrote
 
 
 def fenced(
@@ -105,6 +120,8 @@ async def drain_in_batches(consumer: Any, fetcher: Any, delivery: Delivery) -> N
     try:
         while not (consumer_stopped() or fetcher_stopped()):
             fetch_generation = generation(consumer)  # before the fetch: its records are this old at most
+            # Every record handed out so far is processed: record what is read to its end.
+            progress.observe(consumer, delivery.topics, fetch_generation, delivery.complete)
             records, active = await consumer._wait_next_records(1.0)
             await consumer.sleep(0)
             if records is None or consumer.should_stop:
@@ -113,8 +130,9 @@ async def drain_in_batches(consumer: Any, fetcher: Any, delivery: Delivery) -> N
                 await _seek_back(consumer)
                 continue
             batch, tps = await _take(consumer, records, active, delivery.topics)
-            if batch:
-                await deliver_fenced(consumer, delivery, batch, tps, fetch_generation)
+            if batch and not await deliver_fenced(consumer, delivery, batch, tps, fetch_generation):
+                await _after_fence(consumer, delivery, fetch_generation)
+            elif batch:
                 await _commit_if_due(consumer)
     except consumer.consumer_stopped_errors:
         if consumer.transport.app.should_stop:
@@ -188,21 +206,66 @@ async def _take(
 
 async def deliver_fenced(
     consumer: Any, delivery: Delivery, batch: list[InRecord], tps: dict[tuple[str, int], Any], fetch_generation: int
-) -> None:
-    """Hand ``batch`` to the handler in chunks; fence each chunk before it runs and before its ack."""
+) -> bool:
+    """Hand ``batch`` to the handler in chunks; fence each chunk before it runs, while it
+    writes, and before its ack. False if a chunk was dropped by the fence after it began
+    (its records and the rest are neither processed nor acked: the caller seeks back)."""
     step = delivery.max_batch
     for start in range(0, len(batch), step):
         chunk = batch[start : start + step]
+        if not await _wait_writable(consumer, delivery, fetch_generation):
+            return False
         kept, dropped = fenced(chunk, consumer.assignment(), fetch_generation, generation(consumer))
         if dropped:
             delivery.left += len(dropped)
             log.info("left %d records of revoked partitions to their owner (not processed, not acked)", len(dropped))
         if not kept:
             continue
-        processed = await delivery.handler(kept)
+        processed = await delivery.handler(kept, _fence(consumer, delivery, fetch_generation))
         delivery.batches += 1
+        if len(processed) < len(kept):
+            delivery.fenced_batches += 1
+            return False
         done, undone = fenced(processed, consumer.assignment(), fetch_generation, generation(consumer))
         if undone:
             log.info("a rebalance ran during the batch: %d processed records left unacked, read again", len(undone))
         for record in done:
             consumer.ack(_Acked(tps[(record.topic, record.partition)], record.topic, record.offset))
+    return True
+
+
+def _fence(consumer: Any, delivery: Delivery, fetch_generation: int) -> Fence:
+    """Cheap enough to ask before every handler: a revocation always begins a new generation."""
+
+    def why_not() -> str | None:
+        if generation(consumer) != fetch_generation:
+            return "a rebalance began"
+        if delivery.lease_left is not None and delivery.lease_left(consumer) <= 0:
+            return "the group membership lease ran out (no heartbeat confirmed within the session timeout)"
+        return None
+
+    return why_not
+
+
+async def _wait_writable(consumer: Any, delivery: Delivery, fetch_generation: int) -> bool:
+    """Wait until the lease is confirmed (a frozen worker waits here on resuming). False if a
+    rebalance began meanwhile or the consumer stops: the fetch is stale."""
+    if delivery.lease_left is None:
+        return True
+    waited = False
+    while delivery.lease_left(consumer) <= 0:
+        if not waited:
+            log.warning("membership lease expired: holding batches until a heartbeat is confirmed or a rebalance")
+            waited = True
+        if generation(consumer) != fetch_generation or consumer.should_stop:
+            return False
+        await asyncio.sleep(0.05)
+    return generation(consumer) == fetch_generation
+
+
+async def _after_fence(consumer: Any, delivery: Delivery, fetch_generation: int) -> None:
+    """A batch was dropped before it wrote: read again from the committed offsets, once
+    this member may write again (a rebalance seeks there by itself)."""
+    log.warning("batch dropped by the write fence; reading again from the committed offsets")
+    if await _wait_writable(consumer, delivery, fetch_generation) and generation(consumer) == fetch_generation:
+        await _seek_back(consumer)

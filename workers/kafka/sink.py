@@ -3,7 +3,10 @@
 Records with a known partition (output, audit, changelogs) are appended to one Kafka
 record batch per partition (aiokafka's BatchBuilder): appending costs a few µs, while
 ``producer.send`` costs ~20 µs a record in metadata lookups, futures and logging.
-Records the partitioner must place (DLQ, repartition) go through ``send``.
+Records the partitioner must place (DLQ, repartition) go through ``send``, at flush.
+Nothing is sent before ``flush``, and ``flush`` sends only while its fence is open
+(checked before the effects and again before the state): a batch the fence closed on
+is discarded whole, or has sent effects but no state (re-emitted later, like a crash).
 
 State goes last: a flush sends and awaits everything else (output, DLQ, audit,
 repartition) before the changelog records. Without transactions a crash can split a
@@ -20,6 +23,12 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 Headers = Sequence[tuple[str, bytes | None]]
+#: Why the batch may not write (workers/kafka/delivery.py's Fence); None: it may.
+FenceCheck = Callable[[], str | None]
+
+
+class Fenced(Exception):  # noqa: N818 - a state, like asyncio.CancelledError, not a failure
+    """The batch may not write: its partitions moved, or this member's lease ran out."""
 
 
 class Sink:
@@ -31,7 +40,7 @@ class Sink:
         self.state_topics = state_topics
         self._builders: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
-        self._futures: list[Any] = []
+        self._keyed: list[tuple[str, bytes | None, bytes | None, int | None, list[Any]]] = []
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -75,21 +84,30 @@ class Sink:
     async def send_keyed(
         self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int | None, headers: Headers
     ) -> None:
-        """A record placed by the producer's partitioner (by key), acknowledged at flush."""
-        future = await self.producer.send(topic, value, key=key, timestamp_ms=timestamp_ms, headers=list(headers))
-        self._futures.append(future)
+        """A record placed by the producer's partitioner (by key): sent and acknowledged at flush."""
+        self._keyed.append((topic, key, value, timestamp_ms, list(headers)))
 
-    async def flush(self) -> None:
+    def discard(self) -> None:
+        """Forget everything added since the last flush (the fence closed on the batch)."""
+        self._full, self._builders, self._keyed = [], {}, []
+
+    async def flush(self, fence: FenceCheck | None = None) -> None:
         """Send everything added since the last flush, state last, and wait until the broker
-        acknowledged it all (raises the first produce error)."""
+        acknowledged it all (raises the first produce error, or Fenced)."""
         batches = self._full + [(t, p, b) for (t, p), b in self._builders.items()]
-        self._full, self._builders = [], {}
-        effects, self._futures = self._futures, []
+        keyed = self._keyed
+        self.discard()
+        _check(fence)
+        effects = [
+            await self.producer.send(topic, value, key=key, timestamp_ms=ts, headers=headers)
+            for topic, key, value, ts, headers in keyed
+        ]
         for topic, partition, builder in batches:
             if topic not in self.state_topics:
                 effects.append(await self.producer.send_batch(builder, topic, partition=partition))
         for fut in effects:
             await fut
+        _check(fence)  # a freeze while the effects were sent must not let stale state follow them
         state = [
             await self.producer.send_batch(builder, topic, partition=partition)
             for topic, partition, builder in batches
@@ -97,3 +115,9 @@ class Sink:
         ]
         for fut in state:
             await fut
+
+
+def _check(fence: FenceCheck | None) -> None:
+    why = None if fence is None else fence()
+    if why is not None:
+        raise Fenced(why)

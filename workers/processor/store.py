@@ -6,6 +6,10 @@ the table's in-memory data itself and adds the changelog record to the batch's S
 one record per changed aggregate per batch. The Sink sends state last, after the
 batch's output, and the offsets are acknowledged only after everything was acked.
 
+Writes to the in-memory table are journaled until the Sink's flush succeeded
+(``settle``): a batch the write fence dropped puts every record back as it was
+(``rollback``), so memory never runs ahead of the changelog.
+
 It also keeps an index of the aggregates that hold something (buffered events, or
 parked), derived from the table, so the sweep does not scan every key.
 """
@@ -61,6 +65,8 @@ class StateStore:
     waiting: Counter[int] = field(default_factory=Counter)
     _waiting_of: dict[bytes, int] = field(default_factory=dict)
     _indexed_for: frozenset[int] | None = None
+    #: key -> (record, partition) before the batch's first write of it, until settled.
+    _undo: dict[bytes, tuple[bytes | None, int | None]] = field(default_factory=dict)
 
     @property
     def changelog_topic(self) -> str:
@@ -88,14 +94,38 @@ class StateStore:
             # would refuse the batch and stop the worker. Never expected: say so loudly.
             log.error("state record of %r is %d bytes, over the %d limit", key, len(raw), self.max_record_bytes)
         data = self.table.data
+        partitions = key_partitions(self.table)
+        if key not in self._undo:
+            self._undo[key] = (data.get(key), partitions.get(key))
         if raw is None:
             data.pop(key, None)
         else:
             data[key] = raw
-        key_partitions(self.table)[key] = partition  # Faust forgets the key when its partition moves
+        partitions[key] = partition  # Faust forgets the key when its partition moves
         self.sink.add(self.changelog_topic, partition, key, raw, None, ())
         loaded.before = raw
         return True
+
+    def settle(self) -> None:
+        """The batch's records are in the changelog: nothing to undo any more."""
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        """Put back every record written since the last ``settle`` (the batch was not flushed)."""
+        data, partitions = self.table.data, key_partitions(self.table)
+        for key, (raw, partition) in self._undo.items():
+            if raw is None:
+                data.pop(key, None)
+            else:
+                data[key] = raw
+            if partition is None:
+                partitions.pop(key, None)
+            else:
+                partitions[key] = partition
+        self._undo.clear()
+        active, self._indexed_for = self._indexed_for, None  # the held index counted the dropped writes
+        if active is not None:
+            self.reindex(active)
 
     def _index(self, key: bytes, agg: Aggregate, partition: int, forget: bool) -> None:
         waiting = 0 if forget else agg.buffer.waiting()

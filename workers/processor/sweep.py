@@ -1,7 +1,10 @@
 """The sweep: gap timeouts, TTL expiry and gauges for the aggregates this worker owns.
 
 It runs from a timer, under the processor's lock (between batches), and carries out
-what ``tables.timers`` decides, like a batch: changed records are written once each.
+what ``tables.timers`` decides, like a batch: changed records are written once each,
+behind the same write fence as a batch. It never runs while a rebalance or a table
+recovery is under way (app.py), and gaps time out on each partition's gap clock
+(tables.clock), never on wall time.
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from tables import timers
+from workers.kafka.sink import FenceCheck, Fenced
 from workers.processor.batch import OrderedProcessor
 from workers.processor.store import Loaded
 
@@ -26,24 +30,46 @@ class Sweeper:
         #: chunk each, so it never holds the processor for long whatever the key count.
         self._idle_keys: Iterator[tuple[bytes, int]] | None = None
 
-    async def sweep(self, active: set[int]) -> None:
+    async def sweep(
+        self,
+        active: set[int],
+        complete_at: Callable[[int], Mapping[str, float | None]],
+        fence: FenceCheck | None = None,
+    ) -> bool:
+        """One pass; ``complete_at(partition)``: since when each of its sources is read to its
+        end (None: lagging). False if the fence closed on it (nothing written)."""
         p = self.processor
         async with p.lock:
             await p.sink.start()
-            now = p.clock()
-            p.store.reindex(active)
-            for key, partition in list(p.store.held.items()):
-                await self.expire_gaps(p.load(key, partition), now)
-            ttl = p.settings.state_ttl
-            if self._idle_keys is None and now - self._last_ttl_pass > min(60.0, ttl / 10):
-                self._last_ttl_pass = now
-                self._idle_keys = iter(list(p.store.keys(active)))
-            if self._idle_keys is not None:
-                self._expire_idle(active, now, ttl)
-            p.count_batch()  # events a gap skip released count too
-            parked = Counter(part for key, part in p.store.held.items() if p.load(key, part).agg.seq.parked)
-            await p.commit()
+            p.fence = fence
+            try:
+                parked = await self._pass(active, complete_at)
+                await p.commit()
+            except Fenced as exc:
+                p.abort(exc)
+                return False
+            finally:
+                p.fence = None
             self._update_gauges(active, parked)
+            return True
+
+    async def _pass(self, active: set[int], complete_at: Callable[[int], Mapping[str, float | None]]) -> Counter[int]:
+        p = self.processor
+        now = p.clock()
+        p.store.reindex(active)
+        times = {partition: p.gap_clock(partition).advance(complete_at(partition), now) for partition in active}
+        for key, partition in list(p.store.held.items()):
+            gap_now = times.get(partition)
+            if gap_now is not None:  # unknown until the partition was read (or found idle)
+                await self.expire_gaps(p.load(key, partition), gap_now)
+        ttl = p.settings.state_ttl
+        if self._idle_keys is None and now - self._last_ttl_pass > min(60.0, ttl / 10):
+            self._last_ttl_pass = now
+            self._idle_keys = iter(list(p.store.keys(active)))
+        if self._idle_keys is not None:
+            self._expire_idle(active, now, ttl)
+        p.count_batch()  # events a gap skip released count too
+        return Counter(part for key, part in p.store.held.items() if p.load(key, part).agg.seq.parked)
 
     async def expire_gaps(self, loaded: Loaded, now: float = math.inf) -> None:
         policy_of = self.processor.policies.for_type
