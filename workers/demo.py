@@ -107,6 +107,8 @@ def _demo_env(broker_url: str, workdir: Path) -> dict[str, str]:
         "SEQGUARD_SESSION_TIMEOUT": "3",
         "SEQGUARD_HEARTBEAT_INTERVAL": "0.3",
         "SEQGUARD_REBALANCE_TIMEOUT": "3",
+        # One event's worst case must fit the rebalance timeout (workers/timing.py).
+        "SEQGUARD_HANDLER_TIMEOUT": "0.8",
         "SEQGUARD_FETCH_MAX_WAIT_MS": "50",
     }
 
