@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import random
@@ -14,12 +15,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tables.changelog import STATE_TABLE
 from workers.envelope import encode_structured
@@ -36,6 +38,7 @@ FAST_KAFKA = {
     "SEQGUARD_SESSION_TIMEOUT": "3",
     "SEQGUARD_HEARTBEAT_INTERVAL": "0.3",
     "SEQGUARD_REBALANCE_TIMEOUT": "3",
+    "SEQGUARD_HANDLER_TIMEOUT": "0.8",  # one event's worst case fits the rebalance timeout (workers/timing.py)
     "SEQGUARD_COMMIT_INTERVAL": "1",
     "SEQGUARD_FETCH_MAX_WAIT_MS": "50",
 }
@@ -76,6 +79,7 @@ class Deployment:
             "SEQGUARD_DATA_DIR": str(LOGS / self.name / "data"),
             "SEQGUARD_STATE_DUMP": "true",
             "SEQGUARD_GAP_TIMEOUT": "30",
+            "SEQGUARD_OPERATOR": "test",  # who `aggregates resolve` names in the audit
             **FAST_KAFKA,
             **self.extra,
         }
@@ -170,6 +174,21 @@ class Worker:
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stays alive but silent (no heartbeats): a zombie once its
+        session times out. kill() still works on a frozen worker (SIGKILL ends a stopped process)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: a frozen worker runs on from where it stopped."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
 
 def run_cli(deployment: Deployment, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
     """Run `seqguard ARGS` as an operator would, against ``deployment``; fail on a non-zero exit."""
@@ -221,6 +240,14 @@ def shuffled_within(items: list[Any], window: int, rng: random.Random) -> list[A
     """Shuffle so that no item moves more than ``window`` places: out of order, but bounded."""
     keyed = [(i + rng.uniform(0, window), item) for i, item in enumerate(items)]
     return [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
+
+
+def moved_within(items: list[Any], fraction: float, window: int, rng: random.Random) -> tuple[list[Any], int]:
+    """Move about ``fraction`` of the items by up to ``window`` places (either way); the rest keep
+    their relative order. Returns the new list and how many items were picked to move."""
+    picked = set(rng.sample(range(len(items)), int(len(items) * fraction)))
+    keyed = [(i + rng.uniform(-window, window) if i in picked else float(i), item) for i, item in enumerate(items)]
+    return [item for _, item in sorted(keyed, key=lambda pair: pair[0])], len(picked)
 
 
 def with_duplicates(items: list[Any], fraction: float, rng: random.Random, window: int = 50) -> list[Any]:
@@ -288,3 +315,40 @@ def diff(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> list[str
     """Aggregates whose state differs."""
     x, y = a.get(STATE_TABLE, {}), b.get(STATE_TABLE, {})
     return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+
+
+# --------------------------------------------------------------------------- waiting, audit, offsets
+
+
+async def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``check`` (a function, or a coroutine function) until it returns something truthy,
+    and return that; fail after ``timeout`` s saying ``what`` did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(interval)
+
+
+async def audit_log(bootstrap: str, topic: str, *, quiet: float = 1.0) -> list[tuple[float, dict[str, Any]]]:
+    """The audit topic, in order, as (the record's timestamp in s: when the worker wrote it, its JSON body)."""
+    read = await read_to_end(bootstrap, topic, quiet=quiet, max_wait=30.0, topic_wait=5.0)
+    return [(r.timestamp / 1000.0, json.loads(r.value)) for r in sorted(read.records, key=lambda r: r.offset)]
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """The sum of ``group``'s committed offsets on ``topic``: how many of its records the group
+    acknowledged (seqguard acknowledges a batch after its state records were written)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)  # Tansu needs partitions=
+    finally:
+        await admin.close()
+    return sum(max(0, meta.offset) for meta in offsets.values())

@@ -21,10 +21,11 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from tables.changelog import state_table
-from workers import kafka
+from workers import kafka, timing
 from workers.effects import Effects
 from workers.handlers import load_domains
-from workers.kafka.delivery import Delivery
+from workers.kafka import lease, progress
+from workers.kafka.delivery import Delivery, Fence, generation
 from workers.kafka.sink import Sink
 from workers.metrics import Metrics
 from workers.policy_file import policy_book
@@ -102,9 +103,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     runtime = Runtime(app, settings, metrics or Metrics.create())
     n = settings.partitions
     table = state_table(app, n)
-    channel = app.topic(
+    channel = app.topic(  # one channel: Faust assigns its topics co-partitioned
         settings.input_topic,
         settings.repartition_topic,
+        settings.control_topic,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -112,13 +114,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
         partitions=n,
     )
 
+    registry = load_domains(settings.domains)
+    timing.check(settings, (spec.timeout for spec in registry.specs.values()))  # StartupError: exit 2
     redis = Redis.from_url(settings.redis_url.get_secret_value())  # connects on first use
     sink = Sink(lambda: _producer(settings), state_topics=frozenset({table.changelog_topic.get_topic_name()}))
     runtime.processor = OrderedProcessor(
         settings,
         StateStore(table, sink, max_record_bytes=settings.max_state_record_bytes),
         sink,
-        load_domains(settings.domains),
+        registry,
         Effects(redis, prefix=settings.redis_prefix),
         runtime.metrics,
         policy_book(settings),
@@ -133,48 +137,81 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
         await sink.stop()
         await redis.aclose()
 
-    _deliver_ordered_topics(app, channel, settings, processor)
-
-    _schedule_sweep(app, settings, runtime.metrics, processor, sweeper)
+    delivery = _deliver_ordered_topics(app, channel, settings, processor)
+    _schedule_sweep(app, settings, runtime.metrics, processor, sweeper, delivery)
     install_pages(app, runtime, table)
     return runtime
 
 
 def _schedule_sweep(
-    app: faust.App, settings: Settings, metrics: Metrics, processor: OrderedProcessor, sweeper: Sweeper
+    app: faust.App,
+    settings: Settings,
+    metrics: Metrics,
+    processor: OrderedProcessor,
+    sweeper: Sweeper,
+    delivery: Delivery,
 ) -> None:
     @app.on_partitions_revoked.connect  # type: ignore[misc,arg-type]
     async def finish_batch_before_revocation(app: faust.App, revoked: set[Any], **_: Any) -> None:
         # The rebalance waits for this: no batch is still writing the revoked partitions'
         # changelogs when their new owner starts restoring them.
         async with processor.lock:
-            pass
+            processor.clocks.clear()  # gap clocks start unknown with every assignment
+
+    sources = (settings.input_topic, settings.repartition_topic)
 
     @app.timer(settings.gap_check_interval)
     async def sweep() -> None:
-        active = _active_partitions(app, settings)
+        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return  # never on state that a recovery is rewinding
+        consumer = app.consumer
+        at_start = generation(consumer)
+        seen = delivery.complete
+
+        def complete_at(partition: int) -> dict[str, float | None]:
+            return progress.complete_at(seen, [(topic, partition) for topic in sources], at_start)
+
+        def fence() -> str | None:
+            if app.rebalancing or generation(consumer) != at_start:
+                return "a rebalance began"
+            if lease.lease_left(consumer, settings.session_timeout, settings.heartbeat_interval) <= 0:
+                return "the group membership lease ran out"
+            return None
+
+        if fence() is not None:
+            return
         try:
-            await sweeper.sweep(active)
+            await sweeper.sweep(_active_partitions(app, settings), complete_at, fence)
         except Exception:
             log.critical("sweep failed; stopping the worker without acknowledging anything", exc_info=True)
             os._exit(EXIT_CRITICAL)
         _update_lag(app, metrics)
 
 
-def _deliver_ordered_topics(app: faust.App, channel: Any, settings: Settings, processor: OrderedProcessor) -> None:
+def _deliver_ordered_topics(
+    app: faust.App, channel: Any, settings: Settings, processor: OrderedProcessor
+) -> Delivery:
     """Install the Kafka hooks: the ordered topics' records go from the fetch to ``processor``
     in fenced batches. The agent only declares the topics so that Faust subscribes them."""
 
-    async def deliver(records: list[InRecord]) -> list[InRecord]:
+    async def deliver(records: list[InRecord], fence: Fence) -> list[InRecord]:
         # The delivery fenced off records of revoked partitions; the batch processes every
-        # record it is given, or stops the process.
-        await _run_batch(processor, records)
-        return records
+        # record it is given (or none, if its fence closed), or stops the process.
+        return records if await _run_batch(processor, records, fence) else []
 
+    def lease_left(consumer: Any) -> float:
+        return lease.lease_left(consumer, settings.session_timeout, settings.heartbeat_interval)
+
+    delivery = Delivery(
+        frozenset({settings.input_topic, settings.repartition_topic, settings.control_topic}),
+        deliver,
+        settings.batch_max,
+        lease_left=lease_left,
+    )
     kafka.install(
         app,
         kafka.Hooks(
-            Delivery(frozenset({settings.input_topic, settings.repartition_topic}), deliver, settings.batch_max),
+            delivery,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             bootstrap=settings.bootstrap_servers if settings.probe_changelog_ends else None,
         ),
@@ -198,6 +235,8 @@ def _deliver_ordered_topics(app: faust.App, channel: Any, settings: Settings, pr
             )
             os._exit(EXIT_CRITICAL)
 
+    return delivery
+
 
 def _producer(settings: Settings) -> AIOKafkaProducer:
     """seqguard's own producer: acks from all in-sync replicas, large batches, a short linger."""
@@ -211,16 +250,16 @@ def _producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-async def _run_batch(processor: OrderedProcessor, records: list[InRecord]) -> None:
+async def _run_batch(processor: OrderedProcessor, records: list[InRecord], fence: Fence) -> bool:
     """Process one batch to the end, whatever happens around it.
 
     The delivery acks the batch's records only after this returned: an error stops the
     process before any ack (nothing is committed), and a cancellation (shutdown) waits
     for the batch to finish before it propagates, so no changelog write is cut short.
     """
-    task = asyncio.ensure_future(processor.process_batch(records))
+    task = asyncio.ensure_future(processor.process_batch(records, fence))
     try:
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
     except asyncio.CancelledError:
         await task
         raise

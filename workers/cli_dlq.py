@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 import uuid
 from collections import Counter
@@ -17,6 +16,9 @@ import click
 from workers.dlq.reader import read_dead_letters
 from workers.dlq.replay import Filters, execute, load_plan
 from workers.settings import Settings
+
+#: The worker keeps this much of the operator's name in the audit record.
+OPERATOR_MAX = 200
 
 
 def _time(value: str | None) -> float | None:
@@ -188,15 +190,25 @@ def aggregates() -> None:
 @click.argument("aggregate")
 @click.option("--skip-to", type=int, required=True, help="Give up on every sequence number below this one.")
 @click.option("--reason", required=True, help="Why (kept in the audit topic).")
-def resolve(aggregate: str, skip_to: int, reason: str) -> None:
-    """Un-park AGGREGATE: it continues from --skip-to. Recorded in the audit topic."""
+@click.option("--operator", help="Who resolves, kept in the audit topic (default: SEQGUARD_OPERATOR; one is required).")
+def resolve(aggregate: str, skip_to: int, reason: str, operator: str | None) -> None:
+    """Un-park AGGREGATE: it continues from --skip-to. Recorded in the audit topic.
+
+    The command goes to the control topic (SEQGUARD_CONTROL_TOPIC_NAME, default
+    <input_topic>.control), which Kafka ACLs should let only operators write. The operator's
+    name is required (--operator or SEQGUARD_OPERATOR): an audit record must say who acted.
+    """
     from aiokafka import AIOKafkaProducer
 
     from workers.envelope import encode_structured
     from workers.processor.batch import CONTROL_SOURCE, RESOLVE_TYPE
 
     settings = Settings()
-    operator = os.environ.get("USER", "unknown")
+    operator = (settings.operator if operator is None else operator).strip()
+    if not operator:
+        raise click.UsageError("who is resolving? Pass --operator NAME or set SEQGUARD_OPERATOR (kept in the audit)")
+    if len(operator) > OPERATOR_MAX:
+        raise click.UsageError(f"--operator is longer than {OPERATOR_MAX} characters")
     headers, value = encode_structured(
         {
             "id": str(uuid.uuid4()),
@@ -211,12 +223,12 @@ def resolve(aggregate: str, skip_to: int, reason: str) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
         await producer.start()
         try:
-            await producer.send_and_wait(settings.input_topic, value, key=aggregate.encode(), headers=headers)
+            await producer.send_and_wait(settings.control_topic, value, key=aggregate.encode(), headers=headers)
         finally:
             await producer.stop()
 
     asyncio.run(send())
     click.echo(
-        f"resolve of {aggregate} (skip to {skip_to}) sent; the owning worker applies it in order "
-        f"and audits it in {settings.audit_topic}"
+        f"resolve of {aggregate} (skip to {skip_to}) by {operator} sent to {settings.control_topic}; "
+        f"the owning worker applies it and audits it in {settings.audit_topic}"
     )

@@ -16,6 +16,9 @@ HANDLER_EXCEPTION = "handler_exception"
 TIMEOUT_EXCEEDED = "timeout_exceeded"
 ORDER_VIOLATION = "order_violation"
 BUFFER_OVERFLOW = "buffer_overflow"
+#: An operator command where none may come from (the input or repartition topic), or a record
+#: of the control topic that is not a well-formed operator command.
+FORGED_CONTROL = "forged_control"
 ERROR_CLASSES = (
     DESERIALIZATION_FAILED,
     SCHEMA_INVALID,
@@ -23,6 +26,7 @@ ERROR_CLASSES = (
     TIMEOUT_EXCEEDED,
     ORDER_VIOLATION,
     BUFFER_OVERFLOW,
+    FORGED_CONTROL,
 )
 
 

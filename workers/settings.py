@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     output_topic: str = Field("seqguard.applied", description="Applied events, in applied order per aggregate")
     dlq_topic: str = Field("", description="Dead-letter topic (default: <input_topic>.dlq)")
     audit_topic: str = Field("seqguard.audit", description="Operator actions and gap records")
+    control_topic_name: str = Field(
+        "",
+        description="Operator control topic, co-partitioned with the input; grant writes to operators only "
+        "(default: <input_topic>.control)",
+    )
     partitions: int = Field(
         8, ge=1, le=1024, description="Partitions of input, repartition, output and changelog topics"
     )
@@ -99,6 +104,9 @@ class Settings(BaseSettings):
         "", description="Error classes the DLQ agent replays by itself (comma-separated); empty: report only"
     )
     dlq_agent_interval: float = Field(30.0, gt=0, description="Seconds between DLQ agent passes")
+    operator: str = Field(
+        "", description="Operator name recorded in audit records of operator commands (or their --operator)"
+    )
 
     # --- batching and latency ---
     batch_max: int = Field(
@@ -134,6 +142,11 @@ class Settings(BaseSettings):
     @property
     def dlq(self) -> str:
         return self.dlq_topic or f"{self.input_topic}.dlq"
+
+    @property
+    def control_topic(self) -> str:
+        """Operator commands (``aggregates resolve``): the only topic the worker takes them from."""
+        return self.control_topic_name or f"{self.input_topic}.control"
 
     @property
     def repartition_topic(self) -> str:

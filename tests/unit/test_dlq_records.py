@@ -283,6 +283,32 @@ def test_from_record_non_utf8_header_value_is_replaced_not_fatal() -> None:
     assert dl.meta["error-message"] == "bad \ufffd"
 
 
+def test_from_record_null_seqguard_header_value_reads_as_empty_not_fatal() -> None:
+    dl = DeadLetter.from_record(FakeRecord("t.dlq", 0, 0, None, None, [(r.ERROR_CLASS, None), (r.SEQUENCE, None)]))
+    assert (dl.error_class, dl.sequence, dl.summary()["error-class"]) == ("", None, "")
+
+
+# --------------------------------------------------------------------------- header keys that were not UTF-8
+
+
+def test_dlq_headers_escape_a_key_that_was_not_utf8_and_keep_its_value_untouched() -> None:
+    # aiokafka (patched, workers/kafka/patches.py) reads the key bytes b"x-\xff\xfe" with surrogateescape.
+    src = source([("x-\udcff\udcfe", b"\xff\x00raw"), *PRODUCER_HEADERS])
+    built = dlq_headers(src, failure(), worker_id="w", max_message=100, now=1.0)
+    assert built[: len(PRODUCER_HEADERS) + 1] == [("x-\\xff\\xfe", b"\xff\x00raw"), *PRODUCER_HEADERS]
+    for key, _ in built:
+        key.encode("utf-8")  # a producer writes every key as UTF-8: none may fail
+
+
+def test_dlq_headers_keep_a_non_ascii_utf8_key_as_it_is() -> None:
+    assert original_headers([("trace-é", b"1")]) == [("trace-é", b"1")]
+
+
+def test_replay_of_an_escaped_key_republishes_the_escaped_key() -> None:
+    letter = dead_letter(source([("k\udcff", b"v")]))
+    assert ("k\\xff", b"v") in letter.replay_headers()
+
+
 def test_summary_shows_place_key_and_meta() -> None:
     summary = dead_letter().summary()
     assert (summary["place"], summary["key"], summary["error-class"]) == (
@@ -486,8 +512,9 @@ def test_target_of_a_record_without_origin_is_the_input_topic_unpinned() -> None
     )
 
 
-def test_target_keeps_another_original_topic() -> None:
-    assert target(dead_letter(source(topic="legacy.events", partition=1)), SETTINGS) == ("legacy.events", 1)
+def test_target_never_is_another_original_topic() -> None:
+    # Only the input topic is replayed into (tests/unit/test_replay_target.py): routed by key.
+    assert target(dead_letter(source(topic="legacy.events", partition=1)), SETTINGS) == ("seqguard.events", None)
 
 
 def test_repartition_topic_is_derived_from_app_id_and_input_topic() -> None:

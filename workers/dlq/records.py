@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from workers.records import InRecord
+from workers.records import InRecord, wire_key_text
 
 PREFIX = "seqguard-"
 ORIGINAL_TOPIC = "seqguard-original-topic"
@@ -47,7 +47,9 @@ class Failure:
 
 
 def original_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes | None]]:
-    return [(k, v) for k, v in headers if not k.startswith(PREFIX)]
+    """The producer's headers, values untouched. A key that was not UTF-8 on the wire cannot be
+    written back as it was (producers encode keys as UTF-8): its bytes become ``\\xNN`` escapes."""
+    return [(wire_key_text(k), v) for k, v in headers if not k.startswith(PREFIX)]
 
 
 def header(headers: Iterable[tuple[str, bytes | None]], name: str) -> str | None:
@@ -58,18 +60,33 @@ def header(headers: Iterable[tuple[str, bytes | None]], name: str) -> str | None
     return found
 
 
+def could_be_origin(claimed: str, read_from: str) -> bool:
+    """Whether a replayed record read from ``read_from`` can first have been seen on ``claimed``.
+
+    Replays write only into the input topic (replay.target), from where a record keyed by
+    something else than its aggregate goes on to the repartition topic. So a genuine claim
+    names the topic the record was read from, or, for a record first seen on the repartition
+    topic and failing again on the input, the input's repartition topic
+    (``<app_id>-<input>-repartition``). The original-place headers travel in the record
+    itself, so any producer can forge them: another claimed topic is not believed, and the
+    record's own place is recorded instead (what `dlq show` prints stays true).
+    """
+    return claimed == read_from or claimed.endswith(f"-{read_from}-repartition")
+
+
 def dlq_headers(
     source: InRecord, failure: Failure, *, worker_id: str, max_message: int, now: float | None = None
 ) -> list[tuple[str, bytes | None]]:
     """The DLQ headers of the failed input record ``source``. A replayed record keeps its first
-    failure time and replay count."""
+    failure time and replay count, and its original place if that place is plausible."""
     now = time.time() if now is None else now
     replays = header(source.headers, REPLAY_COUNT) or "0"
     first = header(source.headers, FIRST_FAILURE) or f"{now:.3f}"
     topic, partition, offset, ts = source.topic, source.partition, source.offset, source.timestamp_ms
-    replayed_from = header(source.headers, REPLAYED_FROM)
-    if replayed_from is not None:  # keep the first place the record was seen, not the replay's
-        topic = header(source.headers, ORIGINAL_TOPIC) or topic
+    claimed = header(source.headers, ORIGINAL_TOPIC) or topic
+    if header(source.headers, REPLAYED_FROM) is not None and could_be_origin(claimed, topic):
+        # Keep the first place the record was seen, not the replay's.
+        topic = claimed
         # These headers arrive with the input record: never let a malformed one stop the worker.
         raw_partition, raw_offset = header(source.headers, ORIGINAL_PARTITION), header(source.headers, ORIGINAL_OFFSET)
         partition = int(raw_partition) if raw_partition and raw_partition.isdecimal() else partition
@@ -109,7 +126,8 @@ class DeadLetter:
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
         headers = list(record.headers or ())
-        meta = {k[len(PREFIX) :]: v.decode("utf-8", "replace") for k, v in headers if k.startswith(PREFIX)}
+        # Anyone can write a DLQ record: a null or non-UTF-8 value must not stop `dlq show` or `replay`.
+        meta = {k[len(PREFIX) :]: (v or b"").decode("utf-8", "replace") for k, v in headers if k.startswith(PREFIX)}
         return cls(record.topic, record.partition, record.offset, record.key, record.value, headers, meta)
 
     @property

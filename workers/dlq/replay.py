@@ -1,7 +1,8 @@
 """Replay: pick DLQ records, order them, republish them to their ordered input topic.
 
 Order is the runbook's: group by aggregate, then sequence, then original timestamp.
-Each record goes back with its original key, value, timestamp and partition, its
+Each record goes back to the input topic (``target``: never another topic, whatever its
+headers claim) with its original key, value, timestamp and partition, its
 producer's headers, and replay headers (count, first failure, where it came from). The
 ordered core does the rest: a replay of an applied event is a duplicate (no-op), and a
 parked aggregate drains in order once its missing event is applied.
@@ -83,13 +84,22 @@ def make_plan(letters: list[DeadLetter], replayed: Container[str], filters: Filt
 
 
 def target(letter: DeadLetter, settings: Settings) -> tuple[str, int | None]:
-    """Where a record goes back: its original input topic and partition (repartitioned records
-    go back to the input topic and are routed again)."""
-    topic = letter.original_topic or settings.input_topic
-    if topic == settings.repartition_topic:
-        return settings.input_topic, None
-    raw = letter.meta.get("original-partition", "")
-    return topic, int(raw) if raw.isdecimal() else None
+    """Where a record goes back: always the input topic, never what its headers name.
+
+    The ``original-*`` headers are claims: a replayed record carries them in its own headers,
+    so any producer of the input topic can forge them. Only a record first read from the input
+    topic itself, with a partition the input topic has, goes back to that partition (its
+    producer's partitioner chose it). Every other record (repartition topic, control topic, no
+    origin, or one naming the output topic, the DLQ or a changelog) goes to the input topic,
+    routed by its key. A replay therefore never writes an operator command (the control topic
+    is for operators only; a control record replayed into the input is dead-lettered again as
+    forged_control) nor anything the worker does not consume.
+    """
+    if letter.original_topic == settings.input_topic:
+        raw = letter.meta.get("original-partition", "")
+        if raw.isdecimal() and int(raw) < settings.partitions:
+            return settings.input_topic, int(raw)
+    return settings.input_topic, None
 
 
 async def load_plan(settings: Settings, filters: Filters) -> Plan:

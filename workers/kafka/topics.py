@@ -30,6 +30,9 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
     topics = [
         NewTopic(settings.input_topic, n, rf),
         NewTopic(settings.repartition_topic, n, rf),
+        # Operator commands: co-partitioned with the input (same count, keyed by aggregate),
+        # so an aggregate's commands reach the worker that owns its input partition.
+        NewTopic(settings.control_topic, n, rf),
         NewTopic(settings.output_topic, n, rf),
         NewTopic(settings.dlq, n, rf, topic_configs=LONG_RETENTION),
         NewTopic(settings.audit_topic, 1, rf, topic_configs=LONG_RETENTION),

@@ -5,6 +5,11 @@ Gap, Parked, Resolved...) and this module carries it out: it runs handlers, prod
 applied events, dead letters and audit records, and writes each changed aggregate's one
 state record per batch. The delivery acknowledges a batch's offsets only after
 ``process_batch`` returned, which is after every record it produced was acknowledged.
+
+Each batch carries a fence (workers/kafka/delivery.py): asked before every handler and
+before the flush, it stops a batch whose partitions moved or whose membership lease ran
+out; such a batch is undone (``abort``) and read again. Each source partition has a gap
+clock (tables.clock): record timestamps while it lags, wall time while it is read to its end.
 """
 
 from __future__ import annotations
@@ -18,15 +23,23 @@ from typing import Any
 
 from tables import sequencer as core
 from tables import timers
+from tables.clock import PartitionClock
 from tables.policy import Policy, PolicyBook
 from tables.sequence import Parked
 from tables.sequencer import Action, Decision, Incoming, Limits, Verdict
 from tables.timers import Gap, gap_record
 from workers.dlq.records import Failure
 from workers.envelope import Envelope, decode
-from workers.errors import BUFFER_OVERFLOW, DESERIALIZATION_FAILED, ORDER_VIOLATION, CriticalError, DecodeError
+from workers.errors import (
+    BUFFER_OVERFLOW,
+    DESERIALIZATION_FAILED,
+    FORGED_CONTROL,
+    ORDER_VIOLATION,
+    CriticalError,
+    DecodeError,
+)
 from workers.handlers import Registry
-from workers.kafka.sink import Sink
+from workers.kafka.sink import FenceCheck, Fenced, Sink
 from workers.metrics import BatchObserver, Metrics
 from workers.processor.emit import Emitter
 from workers.processor.runner import HandlerRunner
@@ -36,9 +49,13 @@ from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Control events: produced by `seqguard aggregates resolve` into the input topic, keyed by
-#: the aggregate, so the worker that owns the aggregate applies them in order with its events.
+#: Control events: produced by `seqguard aggregates resolve` into the control topic
+#: (Settings.control_topic, writable by operators only), keyed by the aggregate. The control
+#: topic is co-partitioned with the input, so the worker that owns the aggregate applies them.
+#: The source and the ``seqguard.`` type prefix are reserved: an input or repartition record
+#: that claims either is dead-lettered as forged_control, never obeyed.
 CONTROL_SOURCE = "seqguard/cli"
+CONTROL_TYPE_PREFIX = "seqguard."
 RESOLVE_TYPE = "seqguard.aggregate.resolve"
 #: Decoded envelopes of buffered events kept in memory, so a release does not decode again.
 ENVELOPE_CACHE = 100_000
@@ -84,20 +101,51 @@ class OrderedProcessor:
         self._loaded: dict[bytes, Loaded] = {}
         self._held_now: Counter[int] = Counter()  # events buffered by this batch, per partition
         self._envelopes: dict[tuple[str, int, int], Envelope] = {}
+        #: Gap clocks by source partition, reset on every rebalance (app.py).
+        self.clocks: dict[int, PartitionClock] = {}
+        self._clock_topics = frozenset({settings.input_topic, settings.repartition_topic})
+        self.fence: FenceCheck | None = None
+        self._at = 0.0  # the current record's start on its partition's gap clock
 
     # ------------------------------------------------------------------ batch
 
-    async def process_batch(self, records: Sequence[InRecord]) -> None:
+    async def process_batch(self, records: Sequence[InRecord], fence: FenceCheck | None = None) -> bool:
+        """Process and write the batch; False if the fence closed on it (nothing written)."""
         async with self.lock:
             await self.sink.start()
             started = time.perf_counter()
-            received = self._counts[self.metrics.received]
-            for rec in records:
-                received[rec.topic] += 1
-                await self._process(rec)
-            self.count_batch()  # before the flush: a reader of the output never sees more than /metrics
-            await self.commit()
+            self.fence = fence
+            try:
+                await self._process_all(records)
+                self.count_batch()  # before the flush: a reader of the output never sees more than /metrics
+                await self.commit()
+            except Fenced as exc:
+                self.abort(exc)
+                return False
+            finally:
+                self.fence = None
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            return True
+
+    async def _process_all(self, records: Sequence[InRecord]) -> None:
+        received = self._counts[self.metrics.received]
+        wall = self.clock()
+        for rec in records:
+            received[rec.topic] += 1
+            if rec.topic in self._clock_topics:
+                self._at = self.gap_clock(rec.partition).observe(rec.topic, rec.timestamp, wall)
+            await self._process(rec)
+
+    def gap_clock(self, partition: int) -> PartitionClock:
+        clock = self.clocks.get(partition)
+        if clock is None:
+            clock = self.clocks[partition] = PartitionClock()
+        return clock
+
+    def check_fence(self) -> None:
+        why = None if self.fence is None else self.fence()
+        if why is not None:
+            raise Fenced(why)
 
     def _decode(self, rec: InRecord) -> Envelope:
         s = self.settings
@@ -117,20 +165,30 @@ class OrderedProcessor:
             await self.emit.dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
             return
         key = env.aggregate_id.encode()
+        if rec.topic == self.settings.control_topic:
+            # Operators only (Kafka ACLs). Never repartitioned: a command keyed by anything but
+            # its aggregate may sit on another worker's partition.
+            if env.source == CONTROL_SOURCE and env.type == RESOLVE_TYPE and rec.key == key:
+                await self._resolve(self.load(key, rec.partition), env)
+                return
+            forged = "not a resolve of seqguard/cli keyed by its aggregate"
+        elif env.source == CONTROL_SOURCE or env.type.startswith(CONTROL_TYPE_PREFIX):
+            forged = f"{env.source} {env.type} claims to be an operator command on {rec.topic}, not the control topic"
+        else:
+            forged = ""
+        if forged:
+            await self.emit.dead_letter(rec, self._failure(env, FORGED_CONTROL, forged, 0))
+            return
         if rec.key != key and rec.topic == self.settings.input_topic:
             # Keyed by something else: route it through the repartition topic, keyed by
             # the aggregate, so the worker that owns the aggregate's partition gets it.
             await self.sink.send_keyed(self.settings.repartition_topic, key, rec.value, rec.timestamp_ms, rec.headers)
             return
-        loaded = self.load(key, rec.partition)
-        if env.source == CONTROL_SOURCE and env.type == RESOLVE_TYPE:
-            await self._resolve(loaded, env)
-            return
-        await self._receive(loaded, env, rec)
+        await self._receive(self.load(key, rec.partition), env, rec)
 
     async def _receive(self, loaded: Loaded, env: Envelope, rec: InRecord) -> None:
         policy = self.policies.for_type(env.type)
-        incoming = Incoming(env.sequence, env.idempotency_key, env.type, rec.raw())
+        incoming = Incoming(env.sequence, env.idempotency_key, env.type, rec.raw(), self._at)
         partition = loaded.partition
         room = self.store.waiting[partition] + self._held_now[partition] < self.settings.max_buffered_per_partition
         decision = core.decide(loaded.agg, incoming, policy, self.clock(), self.limits, room=room)
@@ -163,6 +221,7 @@ class OrderedProcessor:
 
     async def _apply(self, loaded: Loaded, env: Envelope, rec: InRecord, policy: Policy) -> bool:
         """Run the handler and record the outcome; True if it was applied."""
+        self.check_fence()  # a worker frozen past its lease runs no more handlers for the batch
         failure = await self.runner.run(env)
         incoming = Incoming(env.sequence, env.idempotency_key, env.type)
         now = self.clock()
@@ -246,15 +305,30 @@ class OrderedProcessor:
         return key in self._loaded
 
     async def commit(self) -> None:
-        """Write every changed aggregate, then wait for every record of the batch to be acknowledged."""
+        """Write every changed aggregate, then wait for every record of the batch to be acknowledged.
+
+        Raises Fenced (nothing or only effects sent, memory not yet settled: ``abort``)."""
         for loaded in self._loaded.values():
             self.store.save(loaded)
         self._loaded.clear()
         self._held_now.clear()
         try:
-            await self.sink.flush()  # output, DLQ, audit and repartition first; state last
+            await self.sink.flush(self.fence)  # output, DLQ, audit and repartition first; state last
+        except Fenced:
+            raise
         except Exception as exc:
             raise CriticalError(f"a produce failed; the batch is not acknowledged: {exc!r}") from exc
+        self.store.settle()
+
+    def abort(self, why: Fenced) -> None:
+        """Undo a batch or sweep the fence closed on: memory goes back to what the changelog holds."""
+        log.warning("batch dropped before it wrote (%s); its records are read again", why)
+        self.store.rollback()
+        self.sink.discard()
+        self._loaded.clear()
+        self._held_now.clear()
+        self._counts.clear()
+        self.clocks.clear()  # they saw the dropped records' timestamps: start again unknown
 
     def count_batch(self) -> None:
         self._apply_lag.flush()
