@@ -19,6 +19,9 @@ BUFFER_OVERFLOW = "buffer_overflow"
 #: An operator command where none may come from (the input or repartition topic), or a record
 #: of the control topic that is not a well-formed operator command.
 FORGED_CONTROL = "forged_control"
+#: Anything else that went wrong with one record (a bug met by unusual input): the record is
+#: set aside rather than stopping the worker on it at every restart.
+PROCESSING_FAILED = "processing_failed"
 ERROR_CLASSES = (
     DESERIALIZATION_FAILED,
     SCHEMA_INVALID,
@@ -27,6 +30,7 @@ ERROR_CLASSES = (
     ORDER_VIOLATION,
     BUFFER_OVERFLOW,
     FORGED_CONTROL,
+    PROCESSING_FAILED,
 )
 
 

@@ -35,6 +35,7 @@ from workers.errors import (
     DESERIALIZATION_FAILED,
     FORGED_CONTROL,
     ORDER_VIOLATION,
+    PROCESSING_FAILED,
     CriticalError,
     DecodeError,
 )
@@ -134,7 +135,23 @@ class OrderedProcessor:
             received[rec.topic] += 1
             if rec.topic in self._clock_topics:
                 self._at = self.gap_clock(rec.partition).observe(rec.topic, rec.timestamp, wall)
-            await self._process(rec)
+            try:
+                await self._process(rec)
+            except (Fenced, CriticalError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one record must not stop the worker at every restart
+                await self._set_aside(rec, exc)
+
+    async def _set_aside(self, rec: InRecord, exc: Exception) -> None:
+        """Dead-letter a record whose processing raised (a bug met by unusual input)."""
+        log.error("record %s:%s@%s could not be processed", rec.topic, rec.partition, rec.offset, exc_info=exc)
+        failure = Failure(PROCESSING_FAILED, f"{type(exc).__name__}: {exc}")
+        try:
+            await self.emit.dead_letter(rec, failure)
+        except Exception:  # noqa: BLE001 - its headers may be what failed: keep key and value
+            await self.emit.dead_letter(
+                InRecord(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value), failure
+            )
 
     def gap_clock(self, partition: int) -> PartitionClock:
         clock = self.clocks.get(partition)
