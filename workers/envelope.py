@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.errors import DecodeError
+from workers.records import wire_key_text
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 SEQUENCE_ATTR = "sequence"
@@ -75,7 +76,20 @@ def parse_sequence(raw: Any, max_sequence: int) -> int | None:
 
 def _header_map(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, bytes | None]:
     # Repeated keys: the last one wins, as in most Kafka header readers.
-    return {k.lower(): v for k, v in headers} if headers else {}
+    hmap = {k.lower(): v for k, v in headers} if headers else {}
+    for name in hmap:
+        if not name.isascii():
+            _check_header_key(name)
+    return hmap
+
+
+def _check_header_key(name: str) -> None:
+    """A key that was not UTF-8 on the wire arrives with surrogate escapes (workers/kafka/patches.py).
+    No producer writes it back as it was (keys are encoded as UTF-8), so the event cannot be applied."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise DecodeError(f"header key {wire_key_text(name)[:80]!r} is not UTF-8") from None
 
 
 def _text(raw: bytes | None, what: str) -> str:

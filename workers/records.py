@@ -18,7 +18,9 @@ class InRecord:
     timestamp: float | None  # seconds (CreateTime)
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)  # aiokafka gives None for null values
+    #: aiokafka gives None for null values. A key that is not UTF-8 on the wire comes with
+    #: surrogate escapes (workers/kafka/patches.py): ``wire_key_text`` makes it writable.
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
 
     @property
     def timestamp_ms(self) -> int | None:
@@ -28,3 +30,15 @@ class InRecord:
     def raw(self) -> RawRecord:
         """The record as a reorder buffer keeps it in the state record, verbatim."""
         return (self.topic, self.partition, self.offset, self.timestamp, self.key, self.value, self.headers)
+
+
+def wire_key_text(key: str) -> str:
+    """A header key as UTF-8 text a producer can write: each byte of a key that was not UTF-8
+    on the wire (read with surrogateescape) becomes a ``\\xNN`` escape; other keys are unchanged."""
+    if key.isascii():
+        return key
+    try:
+        raw = key.encode("utf-8", "surrogateescape")  # the bytes the key was read from
+    except UnicodeEncodeError:  # a lone surrogate that no wire bytes give: only built in-process
+        return key.encode("utf-8", "backslashreplace").decode()
+    return raw.decode("utf-8", "backslashreplace")

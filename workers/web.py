@@ -23,9 +23,16 @@ def install_pages(app: Any, runtime: Runtime, table: Any) -> None:
 
     @app.page("/healthz")
     async def health_view(web: Any, request: Any) -> Any:
-        """200 once table recovery has completed and the worker processes events."""
-        ready = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-        return web.json({"ready": ready, "worker": worker}, status=200 if ready else 503)
+        """200 once table recovery has completed and the worker processes events; 503 while its
+        tables recover (the sweep and gap clocks are paused then too)."""
+        recovering = not app.tables.recovery.completed.is_set() or bool(app.in_recovery)  # type: ignore[attr-defined]
+        body = {
+            "ready": not recovering,
+            "recovering": recovering,
+            "rebalancing": bool(app.rebalancing),
+            "worker": worker,
+        }
+        return web.json(body, status=503 if recovering else 200)
 
     @app.page("/tables")
     async def tables_view(web: Any, request: Any) -> Any:

@@ -437,6 +437,64 @@ def test_json_nested_deeper_than_python_can_parse_is_rejected() -> None:
     rejects("structured event is not usable JSON", KEY, b"[" * 100_000 + b"]" * 100_000, CE)
 
 
+def test_data_nested_100k_levels_deep_is_rejected_in_structured_mode() -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000
+    value = structured_value(data=DROP)[:-1] + b', "data": ' + nested + b"}"
+    rejects("structured event is not usable JSON", KEY, value, CE)
+
+
+def test_data_nested_100k_levels_deep_is_rejected_in_binary_mode() -> None:
+    headers, _ = encode_binary(attrs())
+    rejects("binary-mode data is not usable JSON", KEY, b"[" * 100_000 + b"]" * 100_000, headers)
+
+
+def test_empty_value_is_rejected_in_both_modes() -> None:
+    rejects("structured event is not JSON", KEY, b"", CE)
+    rejects("binary-mode data is not JSON", KEY, b"", encode_binary(attrs())[0])
+
+
+def test_sequence_of_an_integral_float_or_an_overflowing_number_is_rejected() -> None:
+    for raw in (b"1.0", b"1e400", b"-1", b"true"):
+        value = structured_value().replace(b'"sequence": 1', b'"sequence": ' + raw)
+        rejects("sequence", KEY, value, CE)
+
+
+# --------------------------------------------------------------------------- header keys and values not UTF-8
+# aiokafka, as workers/kafka/patches.py patches it, reads a header key that is not UTF-8 with
+# surrogateescape: b"x-\xff\xfe" arrives as "x-\udcff\udcfe".
+
+
+def test_header_key_not_utf8_is_rejected_and_shown_escaped() -> None:
+    rejects(r"header key 'x-\\\\xff\\\\xfe' is not UTF-8", KEY, structured_value(), [*CE, ("x-\udcff\udcfe", b"1")])
+
+
+def test_ce_header_key_not_utf8_is_rejected_in_binary_mode() -> None:
+    headers, value = encode_binary(attrs())
+    rejects("header key .* is not UTF-8", KEY, value, [*headers, ("ce_\udcff", b"1")])
+
+
+def test_non_ascii_utf8_header_key_is_accepted() -> None:
+    assert decode(KEY, structured_value(), [*CE, ("trace-é", b"1")]).id == "evt-1"
+
+
+def test_unrelated_header_value_not_utf8_is_ignored() -> None:
+    assert decode(KEY, structured_value(), [*CE, ("traceparent", b"\xff\xfe")]).id == "evt-1"
+    headers, value = encode_binary(attrs())
+    assert decode(KEY, value, [*headers, ("x-bin", b"\x80")]).id == "evt-1"
+
+
+def test_ce_header_value_not_utf8_is_a_decode_error_not_a_unicode_error() -> None:
+    headers, value = encode_binary(attrs())
+    error = rejects("header ce_type is not UTF-8", KEY, value, [*headers, ("ce_type", b"\xff\xfe")])
+    assert not isinstance(error, UnicodeError)
+
+
+def test_content_type_not_utf8_is_rejected_in_both_modes() -> None:
+    rejects("content-type is not UTF-8", KEY, structured_value(), [("content-type", b"\xff")])
+    headers, value = encode_binary(attrs())
+    rejects("content-type is not UTF-8", KEY, value, [*headers, ("content-type", b"\xff")])
+
+
 def test_json_integer_too_long_to_convert_is_rejected() -> None:
     value = structured_value().replace(b'"sequence": 1', b'"sequence": ' + b"9" * 5000)
     rejects("structured event is not usable JSON", KEY, value, CE)

@@ -12,15 +12,35 @@
 
 Both read the app's ``Hooks`` (``workers.kafka.install`` attaches them); ``install`` here is
 called from there, after the version check.
+
+And one change to aiokafka's fetcher (checked against 0.14.0), for every consumer of the process:
+
+* Header keys: aiokafka reads a record's header keys as strict UTF-8 while it unpacks a fetch
+  (``_read_msg`` in aiokafka/record/_crecords/default_records.pyx and record/default_records.py).
+  The protocol says String, but a producer can write any bytes, and such a key raised
+  UnicodeDecodeError out of ``getmany``: Faust's fetcher crashed, the worker exited 1, and
+  every restart met the same record again. Now a batch the fast reader refuses that way is
+  read again by ``read_batch`` below, which decodes header keys with surrogateescape (the
+  exact bytes come back with ``.encode("utf-8", "surrogateescape")``); the envelope decoder
+  then dead-letters the record. The fast reader stays the path of every other batch.
+* A batch that cannot be read at all (a codec missing, as snappy, lz4 and zstd without
+  cramjam; corrupt compressed data) is not one record's content and cannot be dead-lettered:
+  it is logged as critical, naming the partition and offsets, and the error stops the worker
+  (Faust crashes, exit status 1) with the batch uncommitted.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.errors import CorruptRecordException
+from aiokafka.record.default_records import DefaultRecordBatch, _DefaultRecordBatchPy, _DefaultRecordPy
+from aiokafka.record.memory_records import _MemoryRecordsPy
+from aiokafka.record.util import decode_varint
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from workers.kafka import hooks_of
@@ -30,6 +50,7 @@ log = logging.getLogger(__name__)
 
 
 def install() -> None:
+    install_record_reader()
     thread_cls = faust_aiokafka.AIOKafkaConsumerThread
     if getattr(thread_cls, "_seqguard_patched", False):
         return
@@ -71,3 +92,118 @@ async def fetched_highwaters(bootstrap: str, ends: Mapping[Any, int], wait: floa
     if missing:
         log.warning("no fetch answer for %s: keeping ListOffsets' ends", missing)
     return {by_tp[ktp]: highwater for ktp, highwater in read.highwaters.items()}
+
+
+# --------------------------------------------------------------------------- aiokafka's fetcher
+
+
+def install_record_reader() -> None:
+    """The fetcher unpacks fetches through ``_Records`` (header keys that are not UTF-8 read)."""
+    if aiokafka_fetcher.MemoryRecords is _Records:
+        return
+    aiokafka_fetcher.MemoryRecords = _Records  # type: ignore[assignment,misc]
+    aiokafka_fetcher.PartitionRecords = _PartitionRecords  # type: ignore[misc]
+
+
+class _Records(_MemoryRecordsPy):  # type: ignore[misc]  # final only for typing
+    """A fetch's record batches, each read by aiokafka's fast reader unless that one refuses it.
+
+    aiokafka's own (Cython) MemoryRecords cannot be subclassed; its pure-Python one cuts the
+    fetch into batches (per batch, not per record: the cost is small) and keeps each batch's bytes.
+    """
+
+    tp: Any = None  # set by _PartitionRecords, for the log
+
+    def next_batch(self, *args: Any) -> Any:
+        data = self._next_slice
+        batch = super().next_batch()
+        if data is None or not isinstance(batch, DefaultRecordBatch):
+            return batch  # message formats v0 and v1 have no headers
+        return _Batch(batch, data, self.tp)
+
+
+class _PartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
+    def __init__(self, tp: Any, records: Any, *args: Any) -> None:
+        if isinstance(records, _Records):
+            records.tp = tp
+        super().__init__(tp, records, *args)
+
+
+class _Batch:
+    """One v2 record batch: aiokafka's reader, and ``read_batch`` once that one refuses a header key."""
+
+    __slots__ = ("_batch", "_data", "_tp")
+
+    def __init__(self, batch: Any, data: memoryview, tp: Any) -> None:
+        self._batch, self._data, self._tp = batch, data, tp
+
+    def __getattr__(self, name: str) -> Any:  # base_offset, validate_crc, is_control_batch...
+        return getattr(self._batch, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        read = -1  # records up to this offset were handed out
+        try:
+            for record in self._batch:
+                read = record.offset
+                yield record
+        except UnicodeDecodeError as exc:
+            log.warning("%s: a header key at offsets %s is not UTF-8 (%s): read with surrogateescape", *self._at(exc))
+        except Exception as exc:
+            self._unreadable(exc)
+            raise
+        else:
+            return
+        try:
+            records = list(read_batch(self._data))
+        except Exception as exc:
+            self._unreadable(exc)
+            raise
+        yield from (record for record in records if record.offset > read)
+
+    def _unreadable(self, exc: Exception) -> None:
+        log.critical(
+            "%s: the record batch at offsets %s cannot be read (%r). It is not one record's content, so it "
+            "cannot be dead-lettered: the worker stops with it uncommitted. Install its codec (snappy, lz4 "
+            "and zstd need cramjam) or move the group's offset past it.",
+            *self._at(exc),
+        )
+
+    def _at(self, exc: BaseException) -> tuple[Any, str, BaseException]:
+        batch = self._batch
+        return self._tp, f"{batch.base_offset}..{batch.next_offset - 1}", exc
+
+
+def read_batch(data: bytes | bytearray | memoryview) -> Iterator[Any]:
+    """The records of one v2 record batch as aiokafka's readers make them, except that header
+    keys are decoded with surrogateescape instead of raising on bytes that are not UTF-8."""
+    batch = _DefaultRecordBatchPy(data)
+    batch._maybe_uncompress()
+    buf, pos = batch._buffer, batch._pos
+    log_append = batch.timestamp_type == batch.LOG_APPEND_TIME
+    for _ in range(batch._num_records):
+        length, pos = decode_varint(buf, pos)
+        end = pos + length
+        _, pos = decode_varint(buf, pos)  # attributes: unused
+        ts_delta, pos = decode_varint(buf, pos)
+        offset_delta, pos = decode_varint(buf, pos)
+        key, pos = _nullable_bytes(buf, pos)
+        value, pos = _nullable_bytes(buf, pos)
+        count, pos = decode_varint(buf, pos)
+        headers: list[tuple[str, bytes | None]] = []
+        for _ in range(count):
+            name, pos = _nullable_bytes(buf, pos)
+            header_value, pos = _nullable_bytes(buf, pos)
+            headers.append(((name or b"").decode("utf-8", "surrogateescape"), header_value))
+        if pos != end or count < 0:
+            raise CorruptRecordException(f"invalid record at offset {batch.base_offset + offset_delta}")
+        timestamp = batch.max_timestamp if log_append else batch.first_timestamp + ts_delta
+        yield _DefaultRecordPy(batch.base_offset + offset_delta, timestamp, batch.timestamp_type, key, value, headers)
+
+
+def _nullable_bytes(buf: bytearray, pos: int) -> tuple[bytes | None, int]:
+    size, pos = decode_varint(buf, pos)
+    if size < 0:
+        return None, pos
+    if pos + size > len(buf):
+        raise CorruptRecordException("a record field runs past the end of its batch")
+    return bytes(buf[pos : pos + size]), pos + size
