@@ -85,6 +85,11 @@ class Sink:
         self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int | None, headers: Headers
     ) -> None:
         """A record placed by the producer's partitioner (by key): sent and acknowledged at flush."""
+        if key is None and value is None:
+            # ``producer.send`` refuses a record with neither (an assert); a dead-lettered
+            # null record must still go out: partition 0, in a record batch like the rest.
+            self.add(topic, 0, None, None, timestamp_ms, headers)
+            return
         self._keyed.append((topic, key, value, timestamp_ms, list(headers)))
 
     def discard(self) -> None:
