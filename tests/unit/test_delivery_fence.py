@@ -41,7 +41,7 @@ class FakeConsumer:
     consumer_stopped_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, fetch: dict[TP, list[FakeRecord]]) -> None:
-        self.app = SimpleNamespace(rebalancing_count=0, should_stop=False)
+        self.app = SimpleNamespace(rebalancing_count=0, rebalancing=False, should_stop=False)
         self.transport = SimpleNamespace(app=self.app)
         self._stopped = asyncio.Event()
         self._fetch: dict[TP, list[FakeRecord]] | None = fetch

@@ -10,6 +10,7 @@ recovery is under way (app.py), and gaps time out on each partition's gap clock
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,8 @@ from tables import timers
 from workers.kafka.sink import FenceCheck, Fenced
 from workers.processor.batch import OrderedProcessor
 from workers.processor.store import Loaded
+
+log = logging.getLogger(__name__)
 
 IDLE_SWEEP_CHUNK = 10_000  # aggregates looked at per sweep for TTL expiry
 
@@ -59,9 +62,9 @@ class Sweeper:
         p.store.reindex(active)
         times = {partition: p.gap_clock(partition).advance(complete_at(partition), now) for partition in active}
         for key, partition in list(p.store.held.items()):
-            gap_now = times.get(partition)
-            if gap_now is not None:  # unknown until the partition was read (or found idle)
-                await self.expire_gaps(p.load(key, partition), gap_now)
+            gap_now = times.get(partition)  # None: unknown until the partition was read (or found idle)
+            if gap_now is not None and await self.expire_gaps(p.load(key, partition), gap_now):
+                self._log_gap(key, partition, gap_now, complete_at(partition))
         ttl = p.settings.state_ttl
         if self._idle_keys is None and now - self._last_ttl_pass > min(60.0, ttl / 10):
             self._last_ttl_pass = now
@@ -71,12 +74,28 @@ class Sweeper:
         p.count_batch()  # events a gap skip released count too
         return Counter(part for key, part in p.store.held.items() if p.load(key, part).agg.seq.parked)
 
-    async def expire_gaps(self, loaded: Loaded, now: float = math.inf) -> None:
+    def _log_gap(self, key: bytes, partition: int, clock: float, complete: Mapping[str, float | None]) -> None:
+        """Why a gap timed out: the clock, and what it was made of (tables.clock)."""
+        log.info(
+            "gap of %r timed out: partition %d's clock %.3f (wall %.3f); read to the end as of %s; newest %s",
+            key,
+            partition,
+            clock,
+            self.processor.clock(),
+            dict(complete),
+            self.processor.gap_clock(partition).streams,
+        )
+
+    async def expire_gaps(self, loaded: Loaded, now: float = math.inf) -> bool:
+        """Act on the aggregate's timed-out gaps; True if there was one."""
         policy_of = self.processor.policies.for_type
+        acted = False
         while (result := timers.expire_gap(loaded.agg, policy_of, now)) is not None:
+            acted = True
             await self.processor.record_gap(loaded, result)
             if not isinstance(result, timers.Gap):
                 break  # parked: it waits for an operator
+        return acted
 
     def _expire_idle(self, active: set[int], now: float, ttl: float) -> None:
         """Look at the next chunk of the TTL pass: prune old seen IDs, forget idle aggregates."""
