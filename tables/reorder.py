@@ -85,6 +85,14 @@ class ReorderBuffer:
     def oldest_at(self) -> float | None:
         return min((b.at for b in self.items.values() if not b.done), default=None)
 
+    def restart_waits(self, at: float) -> None:
+        """The sequence moved on at ``at``: what still waits, waits for the gap now open, and
+        that gap's timeout starts no earlier than ``at`` (each gap gets its own timeout: an
+        aggregate that waited long for 1 and then got 1..4 does not skip 5 at once)."""
+        for entry in self.items.values():
+            if not entry.done and entry.at < at:
+                entry.at = at
+
     def waiting(self) -> int:
         """Entries that wait to be applied (``done`` placeholders do not)."""
         return sum(1 for b in self.items.values() if not b.done)

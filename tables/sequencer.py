@@ -152,7 +152,10 @@ def _fit_seen(agg: Aggregate, limits: Limits) -> None:
 
 
 def applied(agg: Aggregate, event: Incoming, now: float, *, limits: Limits = Limits()) -> None:
-    """Record a successful apply: the ID is seen, the sequence moves on, parking ends."""
+    """Record a successful apply: the ID is seen, the sequence moves on, parking ends.
+
+    When the sequence moves on, what still waits starts waiting for the next gap at the
+    event's ``at`` (its gap-clock time; ``now`` without one)."""
     agg.seen.add(event.key, now, limits.max_seen)
     _fit_seen(agg, limits)
     state = agg.seq
@@ -163,6 +166,7 @@ def applied(agg: Aggregate, event: Incoming, now: float, *, limits: Limits = Lim
         state.parked = None
     if state.next_seq is not None and seq == state.next_seq:
         state.next_seq = seq + 1
+        agg.buffer.restart_waits(now if event.at is None else event.at)
     elif state.next_seq is not None and seq > state.next_seq and seq not in agg.buffer:
         # Unordered event ahead of the sequence: mark its number as used.
         agg.buffer.put(Buffered(seq, event.key, event.type, now, None, done=True))

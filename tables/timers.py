@@ -48,8 +48,9 @@ def gap_due(agg: Aggregate, policy_of: Callable[[str], Policy], now: float) -> b
     return now - oldest > policy_of(waiting.type).gap_timeout
 
 
-def skip_gap(agg: Aggregate) -> Gap | None:
+def skip_gap(agg: Aggregate, at: float | None = None) -> Gap | None:
     """Give up on the numbers below the lowest buffered event; the next number moves up to it.
+    With ``at`` (the gap clock), a gap behind the released events gets its own timeout from then.
 
     Entries below the next number (none should exist) are dropped, so a Gap is never empty
     and the next number never moves backwards.
@@ -63,6 +64,8 @@ def skip_gap(agg: Aggregate) -> Gap | None:
         return None
     gap = Gap(state.next_seq, lowest.seq - 1)
     state.next_seq = lowest.seq
+    if at is not None:
+        agg.buffer.restart_waits(at)
     return gap
 
 
@@ -79,7 +82,7 @@ def expire_gap(agg: Aggregate, policy_of: Callable[[str], Policy], now: float) -
     if policy_of(waiting.type).gap_policy == "park":
         agg.seq.parked = Parked(agg.seq.next_seq, "gap", now)
         return agg.seq.parked
-    return skip_gap(agg)
+    return skip_gap(agg, now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,10 +120,7 @@ async def drain_in_batches(consumer: Any, fetcher: Any, delivery: Delivery) -> N
     try:
         while not (consumer_stopped() or fetcher_stopped()):
             fetch_generation = generation(consumer)  # before the fetch: its records are this old at most
-            # Every record handed out so far is processed: record what is read to its end (not
-            # while a rebalance runs: the consumer's fetch state may still be the old assignment's).
-            if consumer.flow_active and not consumer.app.rebalancing:
-                progress.observe(consumer, delivery.topics, fetch_generation, delivery.complete)
+            _observe(consumer, delivery, fetch_generation)
             records, active = await consumer._wait_next_records(1.0)
             await consumer.sleep(0)
             if records is None or consumer.should_stop:
@@ -145,6 +142,13 @@ async def drain_in_batches(consumer: Any, fetcher: Any, delivery: Delivery) -> N
         if consumer.transport.app.should_stop:
             return
         raise
+
+
+def _observe(consumer: Any, delivery: Delivery, fetch_generation: int) -> None:
+    """Every record handed out so far is processed: record what is read to its end (not while
+    a rebalance runs: the consumer's fetch state may still be the old assignment's)."""
+    if consumer.flow_active and not consumer.app.rebalancing:
+        progress.observe(consumer, delivery.topics, fetch_generation, delivery.complete)
 
 
 async def _seek_back(consumer: Any) -> None:

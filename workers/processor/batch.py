@@ -106,7 +106,9 @@ class OrderedProcessor:
         self.clocks: dict[int, PartitionClock] = {}
         self._clock_topics = frozenset({settings.input_topic, settings.repartition_topic})
         self.fence: FenceCheck | None = None
-        self._at = 0.0  # the current record's start on its partition's gap clock
+        #: The gap-clock time of what is being done: the current record's (tables.clock), or the
+        #: sweep's clock when a gap timed out. Waits that go on after progress restart there.
+        self.at = 0.0
 
     # ------------------------------------------------------------------ batch
 
@@ -134,7 +136,7 @@ class OrderedProcessor:
         for rec in records:
             received[rec.topic] += 1
             if rec.topic in self._clock_topics:
-                self._at = self.gap_clock(rec.partition).observe(rec.topic, rec.timestamp, wall)
+                self.at = self.gap_clock(rec.partition).observe(rec.topic, rec.timestamp, wall)
             try:
                 await self._process(rec)
             except (Fenced, CriticalError):
@@ -205,7 +207,7 @@ class OrderedProcessor:
 
     async def _receive(self, loaded: Loaded, env: Envelope, rec: InRecord) -> None:
         policy = self.policies.for_type(env.type)
-        incoming = Incoming(env.sequence, env.idempotency_key, env.type, rec.raw(), self._at)
+        incoming = Incoming(env.sequence, env.idempotency_key, env.type, rec.raw(), self.at)
         partition = loaded.partition
         room = self.store.waiting[partition] + self._held_now[partition] < self.settings.max_buffered_per_partition
         decision = core.decide(loaded.agg, incoming, policy, self.clock(), self.limits, room=room)
@@ -240,7 +242,7 @@ class OrderedProcessor:
         """Run the handler and record the outcome; True if it was applied."""
         self.check_fence()  # a worker frozen past its lease runs no more handlers for the batch
         failure = await self.runner.run(env)
-        incoming = Incoming(env.sequence, env.idempotency_key, env.type)
+        incoming = Incoming(env.sequence, env.idempotency_key, env.type, at=self.at)
         now = self.clock()
         if failure is not None:
             await self.emit.dead_letter(rec, self._failure(env, failure.error_class, failure.message, failure.attempts))
