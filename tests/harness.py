@@ -242,14 +242,6 @@ def shuffled_within(items: list[Any], window: int, rng: random.Random) -> list[A
     return [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
 
 
-def moved_within(items: list[Any], fraction: float, window: int, rng: random.Random) -> tuple[list[Any], int]:
-    """Move about ``fraction`` of the items by up to ``window`` places (either way); the rest keep
-    their relative order. Returns the new list and how many items were picked to move."""
-    picked = set(rng.sample(range(len(items)), int(len(items) * fraction)))
-    keyed = [(i + rng.uniform(-window, window) if i in picked else float(i), item) for i, item in enumerate(items)]
-    return [item for _, item in sorted(keyed, key=lambda pair: pair[0])], len(picked)
-
-
 def with_duplicates(items: list[Any], fraction: float, rng: random.Random, window: int = 50) -> list[Any]:
     out = list(items)
     for i in rng.sample(range(len(items)), int(len(items) * fraction)):
