@@ -31,7 +31,7 @@ then waits STALL seconds for the missing events):
     .venv/bin/pytest tests/integration/test_chaos.py -s
 
 Long form (100,000 events over 5,000 aggregates in 4 minutes, >= 20 kills, two zombie
-episodes; about 6 to 8 minutes):
+episodes; about 5 minutes when it passes, 6 to 7 when it fails):
 
     SEQGUARD_CHAOS=long .venv/bin/pytest tests/integration/test_chaos.py -s
 
