@@ -60,7 +60,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from tables.changelog import STATE_TABLE
@@ -70,6 +69,7 @@ from tests.harness import (
     Deployment,
     Worker,
     changelog_content,
+    committed_offsets,
     consume_all,
     event,
     metric_value,
@@ -508,18 +508,6 @@ async def drain(chaos: Chaos, tail: OutputTail, expected: set[tuple[str, int]], 
     return {"outcome": "complete", "s": round(time.monotonic() - started, 1), "missing": 0}
 
 
-async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    """How many of ``topic``'s records ``group`` acknowledged (the sum of its committed offsets)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)  # Tansu needs partitions=
-    finally:
-        await admin.close()
-    return sum(max(0, meta.offset) for meta in offsets.values())
-
-
 # --------------------------------------------------------------------------- the checks
 
 
@@ -694,7 +682,9 @@ async def test_chaos_kills_and_zombies_lose_nothing_double_nothing_and_keep_orde
         chaos_s = time.monotonic() - chaos.t0
         drained = await drain(chaos, tail, expected, MODE.drain_deadline)
         await tail.quiet(3.0, timeout=30)
-        input_committed = await committed(broker.bootstrap, settings.app_id, settings.input_topic, settings.partitions)
+        input_committed = await committed_offsets(
+            broker.bootstrap, settings.app_id, settings.input_topic, settings.partitions
+        )
 
         out = await consume_all(broker.bootstrap, settings.output_topic, expect=tail.count, timeout=120, quiet=3)
         audit = [

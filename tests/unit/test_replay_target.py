@@ -7,11 +7,10 @@ records are built with ``dlq_headers`` and read back through a fake Kafka record
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 from click.testing import CliRunner
 
+from tests.unit.test_dlq_records import FakeRecord
 from workers.cli_dlq import resolve
 from workers.dlq import records as r
 from workers.dlq.records import DeadLetter, Failure, could_be_origin, dlq_headers, header
@@ -22,18 +21,6 @@ from workers.settings import Settings
 
 SETTINGS = Settings(app_id="shop", input_topic="shop.events", output_topic="shop.applied", partitions=8)
 INPUT = SETTINGS.input_topic
-
-
-@dataclass
-class FakeRecord:
-    """What aiokafka's ConsumerRecord offers DeadLetter.from_record."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None = field(default_factory=list)
 
 
 FORGED_TOPICS = [

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from tables import sequencer as core
@@ -114,20 +114,32 @@ class OrderedProcessor:
 
     async def process_batch(self, records: Sequence[InRecord], fence: FenceCheck | None = None) -> bool:
         """Process and write the batch; False if the fence closed on it (nothing written)."""
+        started = time.perf_counter()
+
+        async def work() -> None:
+            await self._process_all(records)
+            self.count_batch()  # before the flush: a reader of the output never sees more than /metrics
+
+        if not await self.run_fenced(work, fence):
+            return False
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return True
+
+    async def run_fenced(self, work: Callable[[], Awaitable[None]], fence: FenceCheck | None) -> bool:
+        """Under the lock, between batches: do ``work``, then write what it changed, behind
+        ``fence`` (asked before every handler and before the flush). False if the fence closed:
+        nothing was written, and memory is back to what the changelog holds."""
         async with self.lock:
             await self.sink.start()
-            started = time.perf_counter()
             self.fence = fence
             try:
-                await self._process_all(records)
-                self.count_batch()  # before the flush: a reader of the output never sees more than /metrics
+                await work()
                 await self.commit()
             except Fenced as exc:
                 self.abort(exc)
                 return False
             finally:
                 self.fence = None
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
             return True
 
     async def _process_all(self, records: Sequence[InRecord]) -> None:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 
 from tables import timers
-from workers.kafka.sink import FenceCheck, Fenced
+from workers.kafka.sink import FenceCheck
 from workers.processor.batch import OrderedProcessor
 from workers.processor.store import Loaded
 
@@ -41,20 +41,15 @@ class Sweeper:
     ) -> bool:
         """One pass; ``complete_at(partition)``: since when each of its sources is read to its
         end (None: lagging). False if the fence closed on it (nothing written)."""
-        p = self.processor
-        async with p.lock:
-            await p.sink.start()
-            p.fence = fence
-            try:
-                parked = await self._pass(active, complete_at)
-                await p.commit()
-            except Fenced as exc:
-                p.abort(exc)
-                return False
-            finally:
-                p.fence = None
-            self._update_gauges(active, parked)
-            return True
+        parked: Counter[int] = Counter()
+
+        async def work() -> None:
+            parked.update(await self._pass(active, complete_at))
+
+        if not await self.processor.run_fenced(work, fence):
+            return False
+        self._update_gauges(active, parked)
+        return True
 
     async def _pass(self, active: set[int], complete_at: Callable[[int], Mapping[str, float | None]]) -> Counter[int]:
         p = self.processor
