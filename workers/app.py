@@ -12,21 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
 
 from tables.changelog import state_table
+from tables.policy import PolicyBook
 from workers import kafka, timing
+from workers.context import Resources
+from workers.dependencies import Dependencies, redis_client
 from workers.effects import Effects
 from workers.handlers import load_domains
 from workers.kafka import lease, progress
 from workers.kafka.delivery import Delivery, Fence, generation
 from workers.kafka.sink import Sink
+from workers.ledger.postgres import Projections
+from workers.ledger.redis import Ledger
 from workers.metrics import Metrics
 from workers.policy_file import policy_book
 from workers.processor.batch import OrderedProcessor
@@ -116,17 +121,19 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
 
     registry = load_domains(settings.domains)
     timing.check(settings, (spec.timeout for spec in registry.specs.values()))  # StartupError: exit 2
-    redis = Redis.from_url(settings.redis_url.get_secret_value())  # connects on first use
+    policies = policy_book(settings)
+    resources, dependencies = _resources(settings, runtime.metrics, policies)
     sink = Sink(lambda: _producer(settings), state_topics=frozenset({table.changelog_topic.get_topic_name()}))
     runtime.processor = OrderedProcessor(
         settings,
         StateStore(table, sink, max_record_bytes=settings.max_state_record_bytes),
         sink,
         registry,
-        Effects(redis, prefix=settings.redis_prefix),
+        resources,
         runtime.metrics,
-        policy_book(settings),
+        policies,
         worker_id(settings),
+        dependencies=dependencies,
     )
     processor = runtime.processor
     sweeper = runtime.sweeper = Sweeper(processor)
@@ -135,12 +142,56 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     async def stop_sink(app: faust.App, **_: Any) -> None:
         # After the consumer stopped: every batch acknowledged has been flushed already.
         await sink.stop()
-        await redis.aclose()
+        assert resources.effects is not None
+        await resources.effects.redis.aclose()
+        if resources.projections is not None:
+            await resources.projections.close()
+
+    projections = resources.projections
+    if projections is not None:
+
+        @app.timer(settings.postgres_prune_interval)
+        async def prune_idempotency_rows() -> None:
+            try:
+                await projections.prune()
+            except Exception as exc:  # noqa: BLE001 - pruning waits for the next round
+                log.warning("pruning PostgreSQL idempotency rows failed: %r", exc)
 
     delivery = _deliver_ordered_topics(app, channel, settings, processor)
     _schedule_sweep(app, settings, runtime.metrics, processor, sweeper, delivery)
     install_pages(app, runtime, table)
     return runtime
+
+
+def _resources(settings: Settings, metrics: Metrics, policies: PolicyBook) -> tuple[Resources, Dependencies]:
+    """Redis (effects, ledger) and PostgreSQL (projections), and their health probes."""
+    redis = redis_client(settings)  # connects on first use
+    owner = f"{settings.app_id}/{worker_id(settings)}/{secrets.token_hex(4)}"
+    resources = Resources(
+        effects=Effects(redis, settings.redis_prefix, settings.effect_ttl, settings.domain_state_ttl),
+        ledger=Ledger(
+            redis,
+            namespace=settings.ledger_prefix,
+            owner=owner,
+            ttl=settings.effect_ttl,
+            lease=settings.effect_lease,
+            metrics=metrics,
+        ),
+        outage_policy=policies.ledger_outage,
+        metrics=metrics,
+    )
+    probes: dict[str, Any] = {"redis": redis.ping}
+    if settings.postgres_url is not None:
+        resources.projections = Projections(
+            settings.postgres_url.get_secret_value(),
+            namespace=settings.ledger_prefix,
+            ttl=settings.effect_ttl,
+            pool_max=settings.postgres_pool_max,
+            connect_timeout=settings.postgres_timeout,
+            command_timeout=settings.postgres_timeout,
+        )
+        probes["postgres"] = resources.projections.ping
+    return resources, Dependencies(probes, timeout=settings.redis_socket_timeout)
 
 
 def _schedule_sweep(
@@ -261,6 +312,7 @@ async def _run_batch(processor: OrderedProcessor, records: list[InRecord], fence
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
+        processor.stopping = True  # an event waiting for a dependency drops the batch, unwritten
         await task
         raise
     except BaseException:

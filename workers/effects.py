@@ -1,8 +1,11 @@
-"""Once-only side effects in Redis (redis.asyncio).
+"""Once-only side effects in Redis (redis.asyncio), for the reference domains.
 
 A crash between a handler's effect and the offset commit makes Kafka deliver the event
-again. Every effect is therefore keyed by the event's idempotency key and done in one
-atomic Redis script: the marker and the effect are written together, or not at all.
+again. An effect in Redis is therefore keyed by the event's idempotency key and done in one
+atomic script: the marker and the effect are written together, or not at all (exactly
+once). The keys of one script share a hash tag, so they sit in one Redis Cluster slot.
+Markers expire after the effect TTL; an aggregate's state and history, and an outbox,
+after the domain state TTL from their last write.
 """
 
 from __future__ import annotations
@@ -14,30 +17,27 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-#: Redis key layout (prefix + these).
-DONE_KEY = "done:{effect}:{event}"
-STATE_KEY = "state:{domain}:{aggregate}"
-HISTORY_KEY = "history:{domain}:{aggregate}"
-OUTBOX_KEY = "outbox:{name}"
-
-# KEYS: marker, state hash, history list. ARGV: new state, marker ttl, event label, allowed...
+# KEYS: marker, state hash, history list. ARGV: new state, marker ttl, event label, state ttl, allowed...
 _TRANSITION = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate', ''} end
 local cur = redis.call('HGET', KEYS[2], 'state')
 if not cur then cur = '' end
 local ok = false
-for i = 4, #ARGV do if ARGV[i] == cur then ok = true end end
+for i = 5, #ARGV do if ARGV[i] == cur then ok = true end end
 if not ok then return {'invalid', cur} end
 redis.call('HSET', KEYS[2], 'state', ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
 return {'applied', cur}
 """
 
-# KEYS: marker, list. ARGV: value, marker ttl.
+# KEYS: marker, list. ARGV: value, marker ttl, list ttl.
 _PUSH_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
   redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
   return 1
 end
 return 0
@@ -57,43 +57,60 @@ class Transition:
 
 
 class Effects:
-    def __init__(self, redis: Redis, prefix: str = "seqguard:", ttl: float = 7 * 86_400) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str = "seqguard:", ttl: float = 86_400, state_ttl: float = 30 * 86_400
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttl = int(ttl)
+        self.state_ttl = int(state_ttl)
         self._transition = redis.register_script(_TRANSITION)
         self._push_once = redis.register_script(_PUSH_ONCE)
 
-    def key(self, template: str, **parts: str) -> str:
-        return self.prefix + template.format(**parts)
+    def aggregate_keys(self, domain: str, aggregate: str) -> tuple[str, str, str]:
+        """(hash tag, state key, history key): one slot per aggregate."""
+        tag = f"{{{domain}:{aggregate}}}"
+        return tag, f"{self.prefix}state:{tag}", f"{self.prefix}history:{tag}"
+
+    def _outbox_key(self, name: str) -> tuple[str, str]:
+        tag = f"{{outbox:{name}}}"
+        return tag, f"{self.prefix}outbox:{tag}"
 
     async def transition(
         self, domain: str, aggregate: str, event_key: str, label: str, allowed_from: set[str], to: str
     ) -> Transition:
         """Move an aggregate's state machine once per event, atomically with its marker."""
-        keys = [
-            self.key(DONE_KEY, effect=f"{domain}.transition", event=event_key),
-            self.key(STATE_KEY, domain=domain, aggregate=aggregate),
-            self.key(HISTORY_KEY, domain=domain, aggregate=aggregate),
-        ]
-        outcome, previous = await self._transition(keys=keys, args=[to, self.ttl, label, *sorted(allowed_from)])
+        tag, state, history = self.aggregate_keys(domain, aggregate)
+        marker = f"{self.prefix}done:{tag}:{domain}.transition:{event_key}"
+        args: list[str | int] = [to, self.ttl, label, self.state_ttl, *sorted(allowed_from)]
+        outcome, previous = await self._transition(keys=[marker, state, history], args=args)
         return Transition(Outcome(_text(outcome)), _text(previous))
 
     async def push_once(self, effect: str, event_key: str, outbox: str, message: Any) -> bool:
-        """Append ``message`` to an outbox list once per (effect, event). True if it was sent now."""
-        keys = [self.key(DONE_KEY, effect=effect, event=event_key), self.key(OUTBOX_KEY, name=outbox)]
-        return bool(await self._push_once(keys=keys, args=[json.dumps(message), self.ttl]))
+        """Append ``message`` to an outbox list once per (effect, event), atomically with its
+        marker (exactly once). True if it was sent now."""
+        tag, key = self._outbox_key(outbox)
+        keys = [f"{self.prefix}done:{tag}:{effect}:{event_key}", key]
+        return bool(await self._push_once(keys=keys, args=[json.dumps(message), self.ttl, self.state_ttl]))
+
+    async def push(self, outbox: str, message: Any) -> None:
+        """Append ``message`` to an outbox, unguarded: for effects guarded by the ledger (ctx.once)."""
+        _, key = self._outbox_key(outbox)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json.dumps(message))
+            pipe.expire(key, self.state_ttl)
+            await pipe.execute()
 
     async def state(self, domain: str, aggregate: str) -> str:
-        raw = await self.redis.hget(self.key(STATE_KEY, domain=domain, aggregate=aggregate), "state")
+        raw = await self.redis.hget(self.aggregate_keys(domain, aggregate)[1], "state")
         return _text(raw) if raw is not None else ""
 
     async def history(self, domain: str, aggregate: str) -> list[str]:
-        raw = await self.redis.lrange(self.key(HISTORY_KEY, domain=domain, aggregate=aggregate), 0, -1)
+        raw = await self.redis.lrange(self.aggregate_keys(domain, aggregate)[2], 0, -1)
         return [_text(x) for x in raw]
 
     async def outbox(self, name: str) -> list[Any]:
-        return [json.loads(x) for x in await self.redis.lrange(self.key(OUTBOX_KEY, name=name), 0, -1)]
+        return [json.loads(x) for x in await self.redis.lrange(self._outbox_key(name)[1], 0, -1)]
 
 
 def _text(raw: Any) -> str:

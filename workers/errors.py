@@ -1,7 +1,9 @@
-"""One exception root. Each error says whether it is permanent, transient or critical.
+"""One exception root. Each error says whether it is permanent, transient, an outage or critical.
 
-* permanent: dead-letter now, retrying cannot help (bad input, invalid transition).
-* transient: retry in place with backoff, then dead-letter.
+* permanent: a business failure; dead-letter now, retrying cannot help (bad input, invalid transition).
+* transient: retry in place with backoff, then dead-letter (a handler's own flakiness).
+* outage (TransientError): a dependency is down; the event waits where it is and is retried,
+  without limit, until the dependency is back. Never dead-lettered (workers/processor/runner.py).
 * critical: stop the worker without acknowledging anything (the broker lost a write).
 """
 
@@ -19,6 +21,8 @@ BUFFER_OVERFLOW = "buffer_overflow"
 #: An operator command where none may come from (the input or repartition topic), or a record
 #: of the control topic that is not a well-formed operator command.
 FORGED_CONTROL = "forged_control"
+#: The same idempotency key came with a different payload (workers/ledger): flagged, never skipped.
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 #: Anything else that went wrong with one record (a bug met by unusual input): the record is
 #: set aside rather than stopping the worker on it at every restart.
 PROCESSING_FAILED = "processing_failed"
@@ -30,6 +34,7 @@ ERROR_CLASSES = (
     ORDER_VIOLATION,
     BUFFER_OVERFLOW,
     FORGED_CONTROL,
+    IDEMPOTENCY_CONFLICT,
     PROCESSING_FAILED,
 )
 
@@ -38,6 +43,8 @@ class SeqguardError(Exception):
     error_class: ClassVar[str] = HANDLER_EXCEPTION
     permanent: ClassVar[bool] = False
     critical: ClassVar[bool] = False
+    #: An infrastructure failure: retried in place until the dependency is back.
+    outage: ClassVar[bool] = False
 
 
 class DecodeError(SeqguardError):
@@ -63,6 +70,27 @@ class PermanentError(SeqguardError):
 
 class InvalidTransition(PermanentError):
     """A domain state machine refused an event (e.g. shipped before paid)."""
+
+
+class IdempotencyConflict(PermanentError):
+    """An effect's idempotency key was used before with a different payload."""
+
+    error_class = IDEMPOTENCY_CONFLICT
+
+
+class TransientError(SeqguardError):
+    """Raised by a handler when a dependency it needs is unavailable (an API answering 503, a
+    database restarting): the event waits and is retried until it succeeds, never dead-lettered."""
+
+    outage = True
+
+    def __init__(self, message: str = "", dependency: str = "handler") -> None:
+        super().__init__(message or f"{dependency} is unavailable")
+        self.dependency = dependency
+
+
+class DependencyDown(TransientError):
+    """Redis or PostgreSQL could not be reached (refused, reset, timed out)."""
 
 
 class HandlerTimeout(SeqguardError):

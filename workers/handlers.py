@@ -23,18 +23,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from workers.context import Context
 from workers.envelope import Envelope
 from workers.errors import SchemaInvalid
 
+__all__ = ["Context", "Handler", "HandlerSpec", "Registry", "load_domains"]
+
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What a handler may use besides its event: once-only effects and its attempt number."""
-
-    effects: Any  # workers.effects.Effects
-    attempt: int = 1
 
 
 Handler = Callable[[Envelope, Any, Context], Awaitable[None]]
@@ -82,6 +77,11 @@ class Registry:
     def __init__(self) -> None:
         self.specs: dict[str, HandlerSpec] = {}
         self._pending_upcasters: dict[str, dict[int, Upcaster]] = {}
+        #: PostgreSQL statements the handlers' projections need (run at start-up, idempotent DDL).
+        self.schemas: list[str] = []
+
+    def schema(self, *statements: str) -> None:
+        self.schemas.extend(statements)
 
     def handler(
         self, event_type: str, *, model: type[BaseModel] | None = None, version: int = 1, timeout: float | None = None
@@ -106,6 +106,7 @@ class Registry:
         return self.specs.get(event_type)
 
     def merge(self, other: Registry) -> None:
+        self.schemas.extend(other.schemas)
         for event_type, spec in other.specs.items():
             if event_type in self.specs:
                 raise ValueError(f"a handler for {event_type!r} is registered twice")

@@ -31,6 +31,16 @@ class Metrics:
     consumer_lag: Gauge
     replayed: Counter
     startup_failures: Counter
+    paused: Gauge
+    dependency_up: Gauge
+    outages: Counter
+    outage_retries: Counter
+    effects_run: Counter
+    effects_skipped: Counter
+    ledger_fail_open: Counter
+    ledger_claims_expired: Counter
+    ledger_claims_lost: Counter
+    ledger_conflicts: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -44,6 +54,8 @@ class Metrics:
             **_worker_metrics(r),
             **_lag_metrics(r),
             **_operator_metrics(r),
+            **_outage_metrics(r),
+            **_ledger_metrics(r),
         )
 
 
@@ -153,6 +165,49 @@ def _operator_metrics(r: CollectorRegistry) -> dict[str, Any]:
             registry=r,
         ),
         "startup_failures": Counter("seqguard_startup_failures", "Failed start-up checks", ["check"], registry=r),
+    }
+
+
+def _outage_metrics(r: CollectorRegistry) -> dict[str, Any]:
+    """Pauses on an unavailable dependency (workers/processor/outage.py)."""
+    return {
+        "paused": Gauge("seqguard_paused", "1 while an event waits for an unavailable dependency", registry=r),
+        "dependency_up": Gauge(
+            "seqguard_dependency_up",
+            "0 from a dependency's outage until an event went through again",
+            ["dependency"],
+            registry=r,
+        ),
+        "outages": Counter(
+            "seqguard_outages", "Pauses begun because a dependency was unavailable", ["dependency"], registry=r
+        ),
+        "outage_retries": Counter(
+            "seqguard_outage_retries", "Retries of an event waiting for a dependency", ["dependency"], registry=r
+        ),
+    }
+
+
+def _ledger_metrics(r: CollectorRegistry) -> dict[str, Any]:
+    """The effect ledger (workers/ledger/redis.py) and projections: ``effect`` is a name in code."""
+
+    def counter(name: str, doc: str) -> Counter:
+        return Counter(name, doc, ["effect"], registry=r)
+
+    return {
+        "effects_run": counter("seqguard_effects_run", "Effects run through the ledger"),
+        "effects_skipped": counter("seqguard_effects_skipped", "Effects skipped: done before for the same key"),
+        "ledger_fail_open": counter(
+            "seqguard_ledger_fail_open", "Effects run unguarded because the ledger was unreachable (fail_open)"
+        ),
+        "ledger_claims_expired": counter(
+            "seqguard_ledger_claims_expired", "Claims taken over after their lease ran out: the effect may run twice"
+        ),
+        "ledger_claims_lost": counter(
+            "seqguard_ledger_claims_lost", "Effects whose claim was taken over while they ran (lease too short)"
+        ),
+        "ledger_conflicts": counter(
+            "seqguard_ledger_conflicts", "Effect keys used again with another payload (dead-lettered)"
+        ),
     }
 
 

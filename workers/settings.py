@@ -27,6 +27,19 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis for once-only side effects")
     redis_prefix: str = Field("seqguard:", description="Prefix of every Redis key seqguard writes")
+    redis_connect_timeout: float = Field(2.0, gt=0, description="Seconds to connect to Redis before it counts as down")
+    redis_socket_timeout: float = Field(
+        2.0, gt=0, description="Seconds a Redis command may take before it counts as down (a hung Redis)"
+    )
+    redis_retries: int = Field(2, ge=0, description="Quick retries of a Redis command on a dropped connection")
+    redis_health_check_interval: float = Field(
+        10.0, ge=0, description="Seconds idle before a pooled Redis connection is checked with PING (0: never)"
+    )
+    postgres_url: SecretStr | None = Field(
+        None, description="PostgreSQL for exactly-once projections (ctx.project); unset: no projections"
+    )
+    postgres_pool_max: int = Field(4, ge=1, description="Most PostgreSQL connections per worker")
+    postgres_timeout: float = Field(5.0, gt=0, description="Seconds to connect to PostgreSQL, and per statement")
     app_id: str = Field("seqguard", description="Faust app id: consumer group and changelog topic prefix")
     worker_id: str = Field("", description="Worker identity written into DLQ headers (default: host:pid)")
 
@@ -96,6 +109,30 @@ class Settings(BaseSettings):
         description="Comma-separated modules whose handlers are registered",
     )
 
+    # --- outages and the effect ledger ---
+    outage_retry_max_delay: float = Field(
+        5.0, gt=0, description="Retry delay ceiling while an event waits for an unavailable dependency"
+    )
+    effect_ttl: float = Field(
+        86_400.0, gt=0, description="Seconds an effect stays done in the ledger (Redis and PostgreSQL rows)"
+    )
+    effect_lease: float = Field(
+        60.0, gt=0, description="Seconds a claim on an effect holds before another delivery may take it over"
+    )
+    ledger_namespace: str = Field(
+        "", description="Key namespace of the effect ledger; apps sharing one run shared effects once (default: prefix)"
+    )
+    ledger_outage: Literal["fail_closed", "fail_open"] = Field(
+        "fail_closed",
+        description="Ledger unreachable: fail_closed waits for it, fail_open runs effects unguarded (counted, logged)",
+    )
+    domain_state_ttl: float = Field(
+        30 * 86_400.0, gt=0, description="Seconds the reference domains keep an idle aggregate's Redis state and outbox"
+    )
+    postgres_prune_interval: float = Field(
+        600.0, gt=0, description="Seconds between deletions of PostgreSQL idempotency rows older than the effect TTL"
+    )
+
     # --- DLQ and replay ---
     max_replays: int = Field(3, ge=0, description="Replays of one record before it is left for an operator")
     replay_rate: float = Field(0.0, ge=0, description="Replay rate limit in records/s (0: unlimited)")
@@ -138,6 +175,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     state_dump: bool = Field(False, description="Serve every table's content at /tables (tests, debugging)")
     data_dir: Path = Field(Path("./data"), description="Faust data directory")
+
+    @property
+    def ledger_prefix(self) -> str:
+        return self.ledger_namespace or self.redis_prefix
 
     @property
     def dlq(self) -> str:

@@ -7,7 +7,9 @@ its group membership through its own slowest event refuses to start (exit 2).
   out, and stops a batch's writes, before a rebalance can evict the member;
 * one event's worst case (attempts x its handler's time limit, plus the retry delays)
   < rebalance timeout: otherwise a revocation waits on that event past the point where
-  the group evicts the worker, every time, and the partition never makes progress.
+  the group evicts the worker, every time, and the partition never makes progress
+  (an event waiting for an outage asks the fence between retries: it does not count);
+* handler time limit < effect lease < effect TTL: a claim outlives the effect it guards.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def problems(settings: Settings, handler_timeouts: Iterable[float | None] = ()) 
             f"handler time limit, plus retry delays), not under SEQGUARD_REBALANCE_TIMEOUT={s.rebalance_timeout:g}: "
             "lower the handler timeout or the attempts, or raise the rebalance timeout"
         )
+    if s.effect_lease <= max([s.handler_timeout, *(t for t in handler_timeouts if t is not None)]):
+        found.append(
+            f"SEQGUARD_EFFECT_LEASE={s.effect_lease:g} is not over the longest handler time limit: a claim "
+            "could run out while its effect still runs, and another worker run it at the same time"
+        )
+    if s.effect_lease >= s.effect_ttl:
+        found.append(f"SEQGUARD_EFFECT_LEASE={s.effect_lease:g} is not under SEQGUARD_EFFECT_TTL={s.effect_ttl:g}")
     return found
 
 

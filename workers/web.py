@@ -24,12 +24,14 @@ def install_pages(app: Any, runtime: Runtime, table: Any) -> None:
     @app.page("/healthz")
     async def health_view(web: Any, request: Any) -> Any:
         """200 once table recovery has completed and the worker processes events; 503 while its
-        tables recover (the sweep and gap clocks are paused then too)."""
+        tables recover (the sweep and gap clocks are paused then too). ``paused`` tells which
+        dependency an event waits for, since when (still 200: restarting would not help)."""
         recovering = not app.tables.recovery.completed.is_set() or bool(app.in_recovery)  # type: ignore[attr-defined]
         body = {
             "ready": not recovering,
             "recovering": recovering,
             "rebalancing": bool(app.rebalancing),
+            "paused": processor.runner.report.paused,
             "worker": worker,
         }
         return web.json(body, status=503 if recovering else 200)

@@ -543,8 +543,9 @@ async def check_redis(redis_url: str, prefix: str, expected: dict[str, int]) -> 
         effects = Effects(redis, prefix=prefix)
         pipe = redis.pipeline(transaction=False)
         for agg in expected:
-            pipe.lrange(effects.key("history:{domain}:{aggregate}", domain=domain.DOMAIN, aggregate=agg), 0, -1)
-            pipe.hget(effects.key("state:{domain}:{aggregate}", domain=domain.DOMAIN, aggregate=agg), "state")
+            _, state_key, history_key = effects.aggregate_keys(domain.DOMAIN, agg)
+            pipe.lrange(history_key, 0, -1)
+            pipe.hget(state_key, "state")
         replies = await pipe.execute()
         failed_first = {m.decode() for m in await redis.smembers(prefix + domain.FAILED_FIRST)}
         absorbed = int(await redis.get(prefix + domain.ABSORBED) or 0)

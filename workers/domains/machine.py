@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,6 +13,8 @@ from workers.errors import InvalidTransition
 from workers.handlers import Context, Registry
 
 NEW = ""  # the state of an aggregate no event has touched
+#: Runs after a transition (also after a redelivered one: what it does must be once-only itself).
+After = Callable[[Envelope, Any, Context, str], Awaitable[None]]
 
 
 def state_machine(
@@ -19,6 +22,7 @@ def state_machine(
     domain: str,
     transitions: dict[str, tuple[set[str], str]],
     models: dict[str, tuple[type[BaseModel], int]] | None = None,
+    after: After | None = None,
 ) -> None:
     """Register one handler per event type: ``type -> (allowed previous states, next state)``.
 
@@ -28,10 +32,11 @@ def state_machine(
     models = models or {}
     for event_type, (allowed, to) in transitions.items():
         model, version = models.get(event_type, (None, 1))
-        registry.handler(event_type, model=model, version=version)(transition_handler(domain, event_type, allowed, to))
+        handler = transition_handler(domain, event_type, allowed, to, after)
+        registry.handler(event_type, model=model, version=version)(handler)
 
 
-def transition_handler(domain: str, event_type: str, allowed: set[str], to: str) -> Any:
+def transition_handler(domain: str, event_type: str, allowed: set[str], to: str, after: After | None = None) -> Any:
     async def handle(event: Envelope, data: Any, ctx: Context) -> None:
         label = f"{event.sequence}:{event_type}"
         result = await ctx.effects.transition(domain, event.aggregate_id, event.idempotency_key, label, allowed, to)
@@ -39,6 +44,8 @@ def transition_handler(domain: str, event_type: str, allowed: set[str], to: str)
             raise InvalidTransition(
                 f"{event_type} is not allowed in state {result.previous or 'new'!r} (allowed: {sorted(allowed)})"
             )
+        if after is not None:
+            await after(event, data, ctx, to)
 
     handle.__name__ = f"on_{event_type.replace('.', '_')}"
     return handle

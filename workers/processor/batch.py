@@ -28,7 +28,9 @@ from tables.policy import Policy, PolicyBook
 from tables.sequence import Parked
 from tables.sequencer import Action, Decision, Incoming, Limits, Verdict
 from tables.timers import Gap, gap_record
-from workers.dlq.records import Failure
+from workers.context import Resources
+from workers.dependencies import Dependencies
+from workers.dlq.records import REPLAYED_FROM, Failure, header
 from workers.envelope import Envelope, decode
 from workers.errors import (
     BUFFER_OVERFLOW,
@@ -74,11 +76,12 @@ class OrderedProcessor:
         store: StateStore,
         sink: Sink,
         registry: Registry,
-        effects: Any,
+        resources: Resources | None,
         metrics: Metrics,
         policies: PolicyBook,
         worker_id: str,
         clock: Callable[[], float] = time.time,
+        dependencies: Dependencies | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -93,7 +96,7 @@ class OrderedProcessor:
             settings.overflow_policy,
             policies.start,
         )
-        self.runner = HandlerRunner(settings, registry, effects, metrics)
+        self.runner = HandlerRunner(settings, registry, resources, metrics, dependencies)
         self.emit = Emitter(settings, sink, metrics, worker_id, clock)
         self.lock = asyncio.Lock()
         #: Per-batch counts by label, added to the Prometheus counters once per batch.
@@ -106,6 +109,8 @@ class OrderedProcessor:
         self.clocks: dict[int, PartitionClock] = {}
         self._clock_topics = frozenset({settings.input_topic, settings.repartition_topic})
         self.fence: FenceCheck | None = None
+        #: Set when the worker shuts down: an event waiting for a dependency gives up its batch.
+        self.stopping = False
         #: The gap-clock time of what is being done: the current record's (tables.clock), or the
         #: sweep's clock when a gap timed out. Waits that go on after progress restart there.
         self.at = 0.0
@@ -177,6 +182,12 @@ class OrderedProcessor:
         why = None if self.fence is None else self.fence()
         if why is not None:
             raise Fenced(why)
+
+    def _check_waiting(self) -> None:
+        """Asked between the retries of an event that waits for a dependency."""
+        if self.stopping:
+            raise Fenced("the worker is shutting down")
+        self.check_fence()
 
     def _decode(self, rec: InRecord) -> Envelope:
         s = self.settings
@@ -253,7 +264,8 @@ class OrderedProcessor:
     async def _apply(self, loaded: Loaded, env: Envelope, rec: InRecord, policy: Policy) -> bool:
         """Run the handler and record the outcome; True if it was applied."""
         self.check_fence()  # a worker frozen past its lease runs no more handlers for the batch
-        failure = await self.runner.run(env)
+        replay = header(rec.headers, REPLAYED_FROM) is not None
+        failure = await self.runner.run(env, replay=replay, check=self._check_waiting)
         incoming = Incoming(env.sequence, env.idempotency_key, env.type, at=self.at)
         now = self.clock()
         if failure is not None:
