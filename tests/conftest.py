@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness import LOGS, Deployment, Worker, start_redis
+from tests.pg_fixtures import postgres_url, private_postgres  # noqa: F401 - session PostgreSQL fixtures
 from workers.kafka.embedded import EmbeddedBroker, start_broker
 
 

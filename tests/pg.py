@@ -48,7 +48,10 @@ class PrivatePostgres:
         self.url = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
         try:
             if self.as_root:
-                shutil.chown(self.dir, user="postgres", group="postgres")
+                try:
+                    shutil.chown(self.dir, user="postgres", group="postgres")
+                except LookupError:
+                    raise RuntimeError("as root, initdb must run as the `postgres` user: " + MISSING) from None
             self._run("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust", "--no-sync", "-E", "UTF8")
             self.start()
         except BaseException:

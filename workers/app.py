@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +123,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     registry = load_domains(settings.domains)
     timing.check(settings, (spec.timeout for spec in registry.specs.values()))  # StartupError: exit 2
     policies = policy_book(settings)
-    resources, dependencies = _resources(settings, runtime.metrics, policies)
+    resources, dependencies = _resources(settings, runtime.metrics, policies, registry.schemas)
     sink = Sink(lambda: _producer(settings), state_topics=frozenset({table.changelog_topic.get_topic_name()}))
     runtime.processor = OrderedProcessor(
         settings,
@@ -163,7 +164,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     return runtime
 
 
-def _resources(settings: Settings, metrics: Metrics, policies: PolicyBook) -> tuple[Resources, Dependencies]:
+def _resources(
+    settings: Settings, metrics: Metrics, policies: PolicyBook, schema: Sequence[str]
+) -> tuple[Resources, Dependencies]:
     """Redis (effects, ledger) and PostgreSQL (projections), and their health probes."""
     redis = redis_client(settings)  # connects on first use
     owner = f"{settings.app_id}/{worker_id(settings)}/{secrets.token_hex(4)}"
@@ -189,6 +192,7 @@ def _resources(settings: Settings, metrics: Metrics, policies: PolicyBook) -> tu
             pool_max=settings.postgres_pool_max,
             connect_timeout=settings.postgres_timeout,
             command_timeout=settings.postgres_timeout,
+            schema=schema,
         )
         probes["postgres"] = resources.projections.ping
     return resources, Dependencies(probes, timeout=settings.redis_socket_timeout)

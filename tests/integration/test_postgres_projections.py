@@ -15,7 +15,6 @@ import asyncpg
 import pytest
 
 from tests.pg import PrivatePostgres
-from tests.pg_fixtures import postgres_url, private_postgres  # noqa: F401 - fixtures, until tests/conftest.py has them
 from workers.errors import DependencyDown
 from workers.ledger import postgres as pg_ledger
 from workers.ledger.postgres import Projections, is_outage
@@ -161,7 +160,7 @@ async def test_two_apps_with_one_namespace_share_an_effect(scene: Scene) -> None
 
 async def test_workers_starting_together_create_the_table_once(postgres_url: str) -> None:  # noqa: F811
     # CREATE TABLE IF NOT EXISTS is not atomic: racers get unique_violation or "type already
-    # exists" (seen in 1 of ~3 rounds with 8 racers); start() must take both as done.
+    # exists" (most runs of these 5 rounds of 8 racers meet one); start() must take both as done.
     admin = await asyncpg.connect(postgres_url)
     try:
         for _ in range(5):
@@ -311,6 +310,18 @@ async def test_server_down_is_an_outage_and_the_pool_recovers(private_postgres: 
         await asyncio.gather(p.close(), late.close())
 
 
+async def test_a_missing_database_waits_as_an_outage(postgres_url: str) -> None:  # noqa: F811
+    # A misconfigured DSN is no event's fault: waiting beats dead-lettering every event.
+    p = Projections(postgres_url.rsplit("/", 1)[0] + f"/nope_{uid()}", namespace="n", ttl=60)
+    try:
+        with pytest.raises(DependencyDown) as caught:
+            await p.start()
+        assert isinstance(caught.value.__cause__, asyncpg.exceptions.InvalidCatalogNameError)
+        assert not await p.ping()
+    finally:
+        await p.close()
+
+
 def test_table_names_are_identifiers() -> None:
     for bad in ("x; DROP TABLE y", "1abc", "a b", "a.b.c", "", 'q"uote'):
         with pytest.raises(ValueError, match="identifier"):
@@ -331,6 +342,8 @@ def test_table_names_are_identifiers() -> None:
         (asyncpg.exceptions.CrashShutdownError("crash"), True),
         (asyncpg.exceptions.TooManyConnectionsError("too many clients"), True),
         (asyncpg.exceptions.InterfaceError("connection is closed"), True),
+        (asyncpg.exceptions.InvalidPasswordError("password authentication failed"), True),
+        (asyncpg.exceptions.InvalidCatalogNameError('database "x" does not exist'), True),
         (DependencyDown("redis down", dependency="redis"), True),
         (asyncpg.exceptions.InterfaceError("pool is closed"), False),  # our own shutdown
         (asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"), False),

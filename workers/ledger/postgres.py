@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import asyncpg
 
@@ -24,8 +24,10 @@ _IDENT = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0
 PRUNE_CHUNK = 10_000
 #: SQLSTATE classes of a server that is unreachable or cannot serve anyone right now:
 #: 08 connection exception, 57 operator intervention (shutdown, crash, starting up),
-#: 53 insufficient resources (too many connections, disk full), 58 system (I/O) error.
-_OUTAGE_CLASSES = ("08", "57", "53", "58")
+#: 53 insufficient resources (too many connections, disk full), 58 system (I/O) error;
+#: and of a connection refused by configuration (28 bad credentials, 3D no such database):
+#: no event is at fault, so they wait for a fix rather than all being dead-lettered.
+_OUTAGE_CLASSES = ("08", "57", "53", "58", "28", "3D")
 #: 57014 query_canceled is a statement_timeout of the projection's own query, not an outage.
 _NOT_OUTAGE = frozenset({"57014"})
 
@@ -33,6 +35,7 @@ _NOT_OUTAGE = frozenset({"57014"})
 _CREATED_CONCURRENTLY = (
     asyncpg.exceptions.UniqueViolationError,  # pg_type or pg_class: the same name, inserted at the same moment
     asyncpg.exceptions.DuplicateTableError,
+    asyncpg.exceptions.DuplicateObjectError,  # "type ... already exists": the table's row type
 )
 
 _OUTAGE_TYPES: tuple[type[BaseException], ...] = (
@@ -68,6 +71,7 @@ class Projections:
         connect_timeout: float = 5.0,
         command_timeout: float = 5.0,
         table: str = "seqguard_applied",
+        schema: Sequence[str] = (),
     ) -> None:
         if not _IDENT.match(table):
             raise ValueError(f"not a plain SQL identifier: {table!r}")
@@ -86,7 +90,9 @@ class Projections:
             " key text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),"
             " PRIMARY KEY (namespace, effect, key))",
             f"CREATE INDEX IF NOT EXISTS {index} ON {table} (applied_at)",
+            *schema,  # the projections' own tables (Registry.schema): idempotent DDL too
         )
+        self._started = False
         # S608: the only interpolated name is the table, which matched _IDENT above.
         self._claim = (
             f"INSERT INTO {table} (namespace, effect, key) VALUES ($1, $2, $3)"  # noqa: S608
@@ -131,11 +137,13 @@ class Projections:
             await self._pool.expire_connections()
 
     async def start(self) -> None:
-        """Create the idempotency table and its index if missing."""
+        """Create the idempotency table, its index and the projections' tables if missing
+        (done by the first once() too: a worker may start while the database is down)."""
         async with self._connection() as conn:
             for statement in self._ddl:
                 with contextlib.suppress(*_CREATED_CONCURRENTLY):
                     await conn.execute(statement)
+        self._started = True
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -145,6 +153,8 @@ class Projections:
     async def once(self, effect: str, key: str, fn: Callable[[asyncpg.Connection], Awaitable[None]]) -> bool:
         """Run fn(conn) in one transaction with the idempotency row of (effect, key): True if it
         ran and committed, False if it had been applied before (fn not called)."""
+        if not self._started:
+            await self.start()
         async with self._connection() as conn:
             tx = conn.transaction()
             await tx.start()

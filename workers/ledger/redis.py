@@ -121,12 +121,12 @@ class Ledger:
         DependencyDown when Redis does not answer under ``fail_closed``."""
         rkey = self.key(effect, key)
         ttl_ms = self.ttl_ms if ttl is None else int(ttl * 1000)
+        ran = self._unmarked.get(rkey)
+        if ran is not None:  # it ran here, and an outage kept its done mark from Redis: never again
+            await self._mark_done(effect, rkey, ran.rev, ttl_ms, ran.fingerprint, outage)
+            self._count("effects_skipped", effect)
+            return False
         try:
-            ran = self._unmarked.get(rkey)
-            if ran is not None:  # it ran here before an outage kept its mark from Redis
-                await self._settle(effect, rkey, ran.rev, Settle.DONE, ttl_ms, ran.fingerprint)
-                self._count("effects_skipped", effect)
-                return False
             rev = await self._claim(effect, rkey, fingerprint, ttl_ms, replay)
         except REDIS_OUTAGES as exc:
             if outage == "fail_closed":
@@ -139,6 +139,8 @@ class Ledger:
             self._count("effects_skipped", effect)
             return False
         await self._run(effect, rkey, rev, fn, ttl_ms, fingerprint)
+        self._unmarked[rkey] = _Ran(rev, fingerprint)
+        await self._mark_done(effect, rkey, rev, ttl_ms, fingerprint, outage)
         return True
 
     async def _run(
@@ -152,17 +154,24 @@ class Ledger:
             try:
                 await self._settle(effect, rkey, rev, how, ttl_ms, fingerprint, f"{type(exc).__name__}: {exc}")
             except REDIS_OUTAGES:
-                log.warning(
-                    "effect %s failed and Redis is unreachable: its claim on %s holds until its lease", effect, rkey
-                )
+                log.warning("effect %s failed; Redis is unreachable: its claim on %s holds for its lease", effect, rkey)
             raise
         # (A cancellation leaves the claim as it is: it is this process's, so its retry reclaims it.)
         self._count("effects_run", effect)
-        self._unmarked[rkey] = _Ran(rev, fingerprint)
+
+    async def _mark_done(
+        self, effect: str, rkey: str, rev: int, ttl_ms: int, fingerprint: str, outage: OutagePolicy
+    ) -> None:
+        """Mark an effect that ran done. While Redis is down, fail_closed waits (the event is
+        retried, and this process remembers the effect ran); fail_open goes on, and the claim
+        holds for its lease."""
         try:
             await self._settle(effect, rkey, rev, Settle.DONE, ttl_ms, fingerprint)
         except REDIS_OUTAGES as exc:
-            raise DependencyDown(f"effect {effect} ran; its done mark waits for Redis: {exc!r}", "redis") from exc
+            if outage == "fail_closed":
+                raise DependencyDown(f"effect {effect} ran; its done mark waits for Redis: {exc!r}", "redis") from exc
+            self._unmarked.pop(rkey, None)
+            log.error("effect %s ran; FAIL-OPEN: its done mark on %s was lost (%r)", effect, rkey, exc)
 
     async def _claim(self, effect: str, rkey: str, fingerprint: str, ttl_ms: int, replay: bool) -> int | None:
         """The claim's revision, or None if the effect is done."""
