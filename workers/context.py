@@ -12,7 +12,7 @@ a transaction that also records the event, so a projection changes once per even
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,19 @@ class Context:
             replay=self.replay,
             outage=policy,
         )
+
+    async def once_each(
+        self, effect: str, items: Sequence[tuple[str, Any, Callable[[], Awaitable[Any]]]], *, ttl: float | None = None
+    ) -> int:
+        """``once`` for many (key, payload, fn): claims and done marks pipelined (two round
+        trips for the lot). Returns how many ran now."""
+        ledger = self._r.ledger
+        if ledger is None:
+            raise RuntimeError("this worker has no effect ledger (Redis)")
+        event = self._event()
+        policy = self._r.outage_policy(effect, event.type) if self._r.outage_policy else "fail_closed"
+        keyed = [(key, canonical_data_id(payload), fn) for key, payload, fn in items]
+        return await ledger.once_each(effect, keyed, ttl=ttl, replay=self.replay, outage=policy)
 
     async def project(self, effect: str, fn: Callable[[Any], Awaitable[Any]], *, key: str | None = None) -> bool:
         """Run ``fn(connection)`` in a PostgreSQL transaction that records (effect, key) too:
