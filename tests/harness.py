@@ -66,6 +66,7 @@ class Deployment:
     redis_url: str
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     extra: dict[str, str] = field(default_factory=dict)
+    postgres_url: str | None = None  # the deployment's own database (tests.pg.fresh_database)
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = {
@@ -81,6 +82,7 @@ class Deployment:
             "SEQGUARD_GAP_TIMEOUT": "30",
             "SEQGUARD_OPERATOR": "test",  # who `aggregates resolve` names in the audit
             **FAST_KAFKA,
+            **({"SEQGUARD_POSTGRES_URL": self.postgres_url} if self.postgres_url else {}),
             **self.extra,
         }
         env.update(overrides)

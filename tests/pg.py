@@ -99,3 +99,16 @@ class PrivatePostgres:
 
 def start_postgres() -> PrivatePostgres:
     return PrivatePostgres()
+
+
+async def fresh_database(url: str, name: str) -> str:
+    """Create database ``name`` on the server of ``url``; the URL of the new database."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"

@@ -32,7 +32,9 @@ def fail_flag(prefix: str, aggregate: str) -> str:
 @registry.handler("build.progress")
 async def flaky_progress(event: Envelope, data: Any, ctx: Context) -> None:
     if await ctx.effects.redis.exists(fail_flag(ctx.effects.prefix, event.aggregate_id)):
-        raise ConnectionError(f"simulated outage of the build service (attempt {ctx.attempt})")
+        # A business failure (the build service answers, and refuses): retried, then dead-lettered.
+        # A ConnectionError here would be an outage instead: the event would wait, never dead-lettered.
+        raise RuntimeError(f"simulated refusal by the build service (attempt {ctx.attempt})")
     await _progress(event, data, ctx)
 
 
