@@ -1,7 +1,9 @@
 """The effect ledger's decisions (pure): what a claim on an effect's key finds, and what follows.
 
 One entry per effect key (a Redis hash, workers/ledger/redis.py), written only by
-compare-and-set on its revision, so of two claimers exactly one wins. An entry is
+compare-and-set on its revision, so of two claimers exactly one wins. Each write gives the
+entry a new random revision, never a counter: a counter restarts when an entry is released
+or expires, and an owner frozen since then could write over a newer claim (ABA). An entry is
 
 * ``claimed``: ``owner`` runs the effect; the claim holds for ``lease_ms`` from ``at_ms``
   (the store's clock), after which anyone may take it over (its owner died or froze);
@@ -29,7 +31,7 @@ class Entry:
     at_ms: int  # when it was last written, on the store's clock
     lease_ms: int
     fingerprint: str
-    rev: int
+    rev: str
     error: str = ""
 
     def lease_left_ms(self, now_ms: int) -> int:

@@ -38,7 +38,7 @@ class Backoff:
 
     def delay(self, tries: int) -> float:
         """Exponential: base, 2 base, 4 base... capped (``tries`` counts from 1)."""
-        return min(self.cap, self.base * 2 ** max(0, tries - 1))
+        return min(self.cap, self.base * 2.0 ** min(64, max(0, tries - 1)))  # an outage may last 10,000 tries
 
 
 def after_failure(

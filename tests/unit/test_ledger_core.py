@@ -2,13 +2,16 @@
 properties of owners interleaving claims and settles over one entry.
 
 No I/O: ``Store`` mirrors the compare-and-set script of workers/ledger/redis.py (``_CAS``):
-a write names the revision it expects (0: absent), stamps the store's clock (a plain int),
-and bumps the revision; a release deletes the entry. Owners drive it as ``Ledger._claim``
-and ``Ledger._settle`` do, one compare-and-set per step, so any interleaving can be drawn.
+a write names the revision it expects ("": absent), stamps the store's clock (a plain int)
+and gives the entry a new revision, never used before (the script's are random); a release
+deletes the entry. Owners drive it as ``Ledger._claim`` and ``Ledger._settle`` do, one
+compare-and-set per step, so any interleaving can be drawn, owners frozen anywhere included.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +33,7 @@ def entry(
     at: int = AT,
     lease: int = LEASE,
     fp: str = "f",
-    rev: int = 1,
+    rev: str = "r1",
     error: str = "",
 ) -> Entry:
     return Entry(state, owner, at, lease, fp, rev, error)
@@ -112,20 +115,20 @@ def test_a_claim_with_no_lease_may_be_taken_over_at_once() -> None:
 
 def test_a_release_is_lost_only_if_another_owner_holds_the_entry() -> None:
     assert settle_lost(None, owner="a", how=Settle.RELEASE) is False  # our release had gone through
-    assert settle_lost(entry("claimed", "a", rev=2), owner="a", how=Settle.RELEASE) is False
-    assert settle_lost(entry("claimed", "b", rev=2), owner="a", how=Settle.RELEASE) is True
-    assert settle_lost(entry("done", "b", rev=3), owner="a", how=Settle.RELEASE) is True
+    assert settle_lost(entry("claimed", "a", rev="r2"), owner="a", how=Settle.RELEASE) is False
+    assert settle_lost(entry("claimed", "b", rev="r2"), owner="a", how=Settle.RELEASE) is True
+    assert settle_lost(entry("done", "b", rev="r3"), owner="a", how=Settle.RELEASE) is True
 
 
 @pytest.mark.parametrize("how", [Settle.DONE, Settle.FAIL])
 def test_a_done_or_failed_mark_is_lost_unless_the_entry_already_shows_it(how: Settle) -> None:
     state: EntryState = "done" if how is Settle.DONE else "failed"
     other: EntryState = "failed" if how is Settle.DONE else "done"
-    assert settle_lost(entry(state, "a", rev=2), owner="a", how=how) is False  # a client retry that had landed
+    assert settle_lost(entry(state, "a", rev="r2"), owner="a", how=how) is False  # a client retry that had landed
     assert settle_lost(None, owner="a", how=how) is True  # released by whoever took it over
-    assert settle_lost(entry("claimed", "b", rev=2), owner="a", how=how) is True  # taken over, running
-    assert settle_lost(entry(state, "b", rev=3), owner="a", how=how) is True  # taken over, settled
-    assert settle_lost(entry(other, "a", rev=2), owner="a", how=how) is True
+    assert settle_lost(entry("claimed", "b", rev="r2"), owner="a", how=how) is True  # taken over, running
+    assert settle_lost(entry(state, "b", rev="r3"), owner="a", how=how) is True  # taken over, settled
+    assert settle_lost(entry(other, "a", rev="r2"), owner="a", how=how) is True
 
 
 # --- on_claim over any entry ----------------------------------------------------------
@@ -140,7 +143,7 @@ entries = st.builds(
     at_ms=st.integers(0, 10_000),
     lease_ms=st.integers(0, 5_000),
     fingerprint=fps,
-    rev=st.integers(1, 100),
+    rev=st.sampled_from(["r1", "r2", "5f1c0e2a9b7d4c3e"]),
     error=st.sampled_from(["", "PermanentError: no"]),
 )
 
@@ -180,17 +183,18 @@ class Store:
 
     now: int = 0
     entry: Entry | None = None
+    revisions: Iterator[int] = field(default_factory=itertools.count)
 
-    def cas(self, expected: int, write: tuple[EntryState, str, int, str, str] | None) -> tuple[bool, Entry | None]:
+    def cas(self, expected: str, write: tuple[EntryState, str, int, str, str] | None) -> tuple[bool, Entry | None]:
         """(ok, the entry found when not ok). ``write``: (state, owner, lease, fp, error); None deletes."""
-        rev = self.entry.rev if self.entry is not None else 0
+        rev = self.entry.rev if self.entry is not None else ""
         if rev != expected:
             return False, self.entry
         if write is None:
             self.entry = None
         else:
             state, owner, lease, fp, error = write
-            self.entry = Entry(state, owner, self.now, lease, fp, rev + 1, error)
+            self.entry = Entry(state, owner, self.now, lease, fp, f"rev-{next(self.revisions)}", error)
         return True, None
 
 
@@ -198,7 +202,7 @@ class Store:
 class Owner:
     name: str
     fp: str
-    expected: int = 0  # the revision its next claim write names (as Ledger._claim's loop)
+    expected: str = ""  # the revision its next claim write names (as Ledger._claim's loop)
     holding: Entry | None = None  # the claim it won and has not settled yet
 
 
@@ -223,7 +227,9 @@ class Run:
             self.done_fp = e.fingerprint
             for o in ("a", "b", "c", "z"):
                 for replay in (False, True):
-                    assert on_claim(e, owner=o, fingerprint=e.fingerprint, now_ms=now, replay=replay).found is Found.DONE
+                    assert (
+                        on_claim(e, owner=o, fingerprint=e.fingerprint, now_ms=now, replay=replay).found is Found.DONE
+                    )
                     other = "g" if e.fingerprint == "f" else "f"
                     assert on_claim(e, owner=o, fingerprint=other, now_ms=now, replay=replay).found is Found.CONFLICT
 
@@ -231,7 +237,7 @@ class Run:
         """One compare-and-set of o's claim, or (``whole``) o's claim loop to its end at once."""
         for _ in range(8 if whole else 1):
             self.claim_step(o, replay)
-            if o.holding is not None or o.expected == 0:
+            if o.holding is not None or not o.expected:
                 return
 
     def claim_step(self, o: Owner, replay: bool) -> None:
@@ -251,12 +257,12 @@ class Run:
                     self.replays_won += 1
                 else:
                     assert before.state == "claimed" and before.owner == o.name
-            o.holding, o.expected = store.entry, 0
+            o.holding, o.expected = store.entry, ""
             return
         v = on_claim(found, owner=o.name, fingerprint=o.fp, now_ms=store.now, replay=replay)
         if v.found is Found.TAKE_OVER:
             assert found is not None and found.lease_left_ms(store.now) <= 0
-        o.expected = found.rev if found is not None and v.found in (Found.CLAIM, Found.TAKE_OVER) else 0
+        o.expected = found.rev if found is not None and v.found in (Found.CLAIM, Found.TAKE_OVER) else ""
 
     def settle_step(self, o: Owner, how: Settle) -> None:
         if o.holding is None:
@@ -310,9 +316,10 @@ def op_lists(settles: list[Settle]) -> st.SearchStrategy[list[tuple[Any, ...]]]:
 @SETTINGS
 @given(ops=op_lists([Settle.DONE, Settle.FAIL]))
 def test_owners_that_mark_done_or_failed_never_share_a_live_claim(ops: list[tuple[Any, ...]]) -> None:
-    """Any interleaving, owners frozen past their lease acting again included (no releases:
-    revisions only grow): at most one unexpired claim, a take-over only after the lease ran
-    out, and a done entry stays done (DONE for its fingerprint, CONFLICT for another)."""
+    """Any interleaving, owners frozen anywhere acting again included: at most one unexpired
+    claim, a take-over only after the lease ran out, a done entry stays done (DONE for its
+    fingerprint, CONFLICT for another); and, with no releases, every claim won past the
+    first took over an expired claim or replayed a failed entry."""
     run = drive(ops, stale_owners_act=True)
     assert run.claims_won <= 1 + run.take_overs + run.replays_won
 
@@ -325,45 +332,45 @@ def test_owners_that_die_holding_their_claim_never_share_a_live_claim(ops: list[
     drive(ops, stale_owners_act=False)
 
 
-# The scenario test_a_stale_release_cannot_delete_a_newer_claim plays out, step by step.
+# The ABA interleaving: a revision counter that restarted after b's release would let a's
+# late release (naming its revision) delete c's fresh claim, and d run the effect beside c.
 ABA = [
-    ("claim", 0, False),  # a claims: revision 1
+    ("claim", 0, False),  # a claims
     ("tick", LEASE),  # a freezes past its lease
     ("claim", 1, False),  # b finds a's claim expired (TAKE_OVER)
-    ("claim", 1, False),  # b takes it over: revision 2
+    ("claim", 1, False),  # b takes it over
     ("settle", 1, Settle.RELEASE),  # b's effect met an outage: released, the entry deleted
-    ("claim", 2, False),  # c claims the absent key: revision 1 again, a fresh lease
-    ("settle", 0, Settle.RELEASE),  # a thaws, its effect failed: its release names revision 1
-    ("claim", 3, False),  # (d, fingerprint g: the key looks new to it)
+    ("claim", 2, False),  # c claims the absent key: a fresh lease
+    ("settle", 0, Settle.RELEASE),  # a thaws, its effect failed: its release names its own revision
+    ("claim", 1, False),  # b again: c's claim must still be there (BUSY)
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG workers/ledger/redis.py _CAS: a release DELetes the entry, so revisions restart at 1 and a "
-    "stale owner's compare-and-set on revision 1 overwrites (or deletes) a newer owner's live claim",
-)
 @SETTINGS
 @given(ops=op_lists([Settle.DONE, Settle.FAIL, Settle.RELEASE]))
 @example(ops=ABA)
-def test_owners_frozen_past_their_lease_never_overwrite_a_newer_claim(ops: list[tuple[Any, ...]]) -> None:
+def test_owners_frozen_anywhere_never_overwrite_a_newer_claim(ops: list[tuple[Any, ...]]) -> None:
+    """Everything at once: releases, and owners that freeze between the read and the write of
+    their claim loop or past their lease, then act again. A write names a revision only its
+    own claim can have, so a frozen owner's write fails, whatever happened since."""
     drive(ops, stale_owners_act=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG workers/ledger/redis.py _CAS: revision reset by the release's DEL lets a frozen owner's "
-    "release delete a claim made after it, while that claim's lease holds",
-)
-def test_a_stale_release_cannot_delete_a_newer_claim() -> None:
+def test_a_stale_release_does_not_delete_a_newer_claim() -> None:
     store = Store(now=AT)
-    assert store.cas(0, ("claimed", "a", LEASE, "f", ""))[0]  # a: revision 1
+    assert store.cas("", ("claimed", "a", LEASE, "f", ""))[0]
+    a_claim = store.entry
+    assert a_claim is not None
     store.now += LEASE  # a froze past its lease
-    ok, found = store.cas(0, ("claimed", "b", LEASE, "f", ""))
-    assert not ok and claim(found, "b", now=store.now).found is Found.TAKE_OVER
-    assert store.cas(found.rev, ("claimed", "b", LEASE, "f", ""))[0]  # type: ignore[union-attr]
-    assert store.cas(2, None)[0]  # b released after an outage in its effect
-    assert store.cas(0, ("claimed", "c", LEASE, "f", ""))[0]  # c's claim: revision 1, lease intact
+    ok, found = store.cas("", ("claimed", "b", LEASE, "f", ""))
+    assert not ok and found is not None and claim(found, "b", now=store.now).found is Found.TAKE_OVER
+    assert store.cas(found.rev, ("claimed", "b", LEASE, "f", ""))[0]
+    assert store.entry is not None
+    assert store.cas(store.entry.rev, None)[0]  # b released after an outage in its effect
+    assert store.cas("", ("claimed", "c", LEASE, "f", ""))[0]  # c's claim, its lease intact
     c_claim = store.entry
-    store.cas(1, None)  # a thaws and releases its (long expired) claim of revision 1
-    assert store.entry == c_claim, "a's stale release deleted c's live claim: d may now run the effect beside c"
+
+    ok, found = store.cas(a_claim.rev, None)  # a thaws and releases its long expired claim
+    assert not ok and store.entry == c_claim
+    assert settle_lost(found, owner="a", how=Settle.RELEASE)  # a learns its claim was taken over
+    assert claim(store.entry, "d", now=store.now).found is Found.BUSY

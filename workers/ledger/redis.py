@@ -14,6 +14,7 @@ PostgreSQL can be exactly-once instead: an atomic script, or workers/ledger/post
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,19 +30,20 @@ log = logging.getLogger(__name__)
 
 OutagePolicy = Literal["fail_closed", "fail_open"]
 
-# Compare-and-set of one entry. KEYS[1]: the entry. ARGV[1]: the revision expected (0: absent;
-# -1: read only), ARGV[2]: TTL in ms (0: delete the entry), ARGV[3..]: field, value pairs.
-# Returns {1, now, new revision} or {0, now, the entry's fields}. The entry's clock is Redis's.
+# Compare-and-set of one entry. KEYS[1]: the entry. ARGV[1]: the revision expected ("": absent;
+# "?": read only), ARGV[2]: the new revision (random), ARGV[3]: TTL in ms (0: delete the entry),
+# ARGV[4..]: field, value pairs. Returns {1, now, new revision} or {0, now, the entry's fields}.
+# The entry's clock is Redis's.
 _CAS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
-if rev ~= tonumber(ARGV[1]) then return {0, now, redis.call('HGETALL', KEYS[1])} end
+local rev = redis.call('HGET', KEYS[1], 'rev') or ''
+if rev ~= ARGV[1] then return {0, now, redis.call('HGETALL', KEYS[1])} end
 redis.call('DEL', KEYS[1])
-if tonumber(ARGV[2]) == 0 then return {1, now, 0} end
-redis.call('HSET', KEYS[1], 'rev', rev + 1, 'at', now, unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {1, now, rev + 1}
+if tonumber(ARGV[3]) == 0 then return {1, now, ''} end
+redis.call('HSET', KEYS[1], 'rev', ARGV[2], 'at', now, unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, now, ARGV[2]}
 """
 
 #: What redis-py raises when the server is unreachable, hung, loading or failing over.
@@ -73,7 +75,7 @@ class EffectBusy(TransientError):
 class _Ran:
     """An effect that ran here whose done mark has not reached Redis yet."""
 
-    rev: int
+    rev: str
     fingerprint: str
 
 
@@ -102,7 +104,7 @@ class Ledger:
         return f"{self.namespace}ledger:{{{key}}}:{effect}"
 
     async def entry(self, effect: str, key: str) -> Entry | None:
-        _, _, found = await self._write(self.key(effect, key), -1, 0)
+        _, _, found = await self._write(self.key(effect, key), "?", 0)
         return _entry(found)
 
     async def once(
@@ -161,16 +163,17 @@ class Ledger:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for rkey, (_, fingerprint, _) in zip(rkeys, items, strict=True):
-                    await self._cas(keys=[rkey], args=[0, ttl_ms, *self._claim_fields(fingerprint)], client=pipe)
+                    args = ["", _new_rev(), ttl_ms, *self._claim_fields(fingerprint)]
+                    await self._cas(keys=[rkey], args=args, client=pipe)
                 replies = await pipe.execute()
         except REDIS_OUTAGES:
             replies = [(0, 0, None)] * len(items)  # each one by one, under the outage policy
-        ran, marks = 0, []
+        ran, marks = 0, []  # (key, what ran): a key listed twice may be marked by once() already
         for rkey, (key, fingerprint, fn), (ok, _, rev) in zip(rkeys, items, replies, strict=True):
             if ok:
-                await self._run(effect, rkey, int(rev), fn, ttl_ms, fingerprint)
-                self._unmarked[rkey] = _Ran(int(rev), fingerprint)
-                marks.append(rkey)
+                await self._run(effect, rkey, _text(rev), fn, ttl_ms, fingerprint)
+                self._unmarked[rkey] = done = _Ran(_text(rev), fingerprint)
+                marks.append((rkey, done))
                 ran += 1
             else:
                 ran += await self.once(
@@ -178,17 +181,15 @@ class Ledger:
                 )
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for rkey in marks:
-                    done = self._unmarked[rkey]
+                for rkey, done in marks:
                     fields = self._settle_fields(Settle.DONE, done.fingerprint)
-                    await self._cas(keys=[rkey], args=[done.rev, ttl_ms, *fields], client=pipe)
+                    await self._cas(keys=[rkey], args=[done.rev, _new_rev(), ttl_ms, *fields], client=pipe)
                 settled = await pipe.execute()
         except REDIS_OUTAGES:
-            for rkey in marks:  # as once() does: fail_closed waits, fail_open lets go
-                done = self._unmarked[rkey]
+            for rkey, done in marks:  # as once() does: fail_closed waits, fail_open lets go
                 await self._mark_done(effect, rkey, done.rev, ttl_ms, done.fingerprint, outage)
             return ran
-        for rkey, (ok, _, found) in zip(marks, settled, strict=True):
+        for (rkey, _), (ok, _, found) in zip(marks, settled, strict=True):
             self._unmarked.pop(rkey, None)
             if not ok and core.settle_lost(_entry(found), owner=self.owner, how=Settle.DONE):
                 self._count("ledger_claims_lost", effect)
@@ -201,7 +202,7 @@ class Ledger:
         return ("state", how.value, "owner", self.owner, "lease", 0, "fp", fingerprint, "error", error[:500])
 
     async def _run(
-        self, effect: str, rkey: str, rev: int, fn: Callable[[], Awaitable[Any]], ttl_ms: int, fingerprint: str
+        self, effect: str, rkey: str, rev: str, fn: Callable[[], Awaitable[Any]], ttl_ms: int, fingerprint: str
     ) -> None:
         try:
             await fn()
@@ -217,7 +218,7 @@ class Ledger:
         self._count("effects_run", effect)
 
     async def _mark_done(
-        self, effect: str, rkey: str, rev: int, ttl_ms: int, fingerprint: str, outage: OutagePolicy
+        self, effect: str, rkey: str, rev: str, ttl_ms: int, fingerprint: str, outage: OutagePolicy
     ) -> None:
         """Mark an effect that ran done. While Redis is down, fail_closed waits (the event is
         retried, and this process remembers the effect ran); fail_open goes on, and the claim
@@ -230,14 +231,14 @@ class Ledger:
             self._unmarked.pop(rkey, None)
             log.error("effect %s ran; FAIL-OPEN: its done mark on %s was lost (%r)", effect, rkey, exc)
 
-    async def _claim(self, effect: str, rkey: str, fingerprint: str, ttl_ms: int, replay: bool) -> int | None:
+    async def _claim(self, effect: str, rkey: str, fingerprint: str, ttl_ms: int, replay: bool) -> str | None:
         """The claim's revision, or None if the effect is done."""
         claim = self._claim_fields(fingerprint)
-        expected = 0  # optimistic: most keys are new
+        expected = ""  # optimistic: most keys are new
         for _ in range(8):
             ok, now, found = await self._write(rkey, expected, ttl_ms, *claim)
             if ok:
-                return int(found)
+                return _text(found)
             entry = _entry(found)
             verdict = core.on_claim(entry, owner=self.owner, fingerprint=fingerprint, now_ms=now, replay=replay)
             if verdict.found is Found.DONE:
@@ -252,11 +253,11 @@ class Ledger:
             if verdict.found is Found.TAKE_OVER:
                 self._count("ledger_claims_expired", effect)
                 log.warning("effect %s: the claim of %s on %s expired; it runs again", effect, verdict.other, rkey)
-            expected = entry.rev if entry is not None else 0
+            expected = entry.rev if entry is not None else ""
         raise EffectBusy(effect, "others", self.lease_ms)  # contended past reason: wait and try again
 
     async def _settle(
-        self, effect: str, rkey: str, rev: int, how: Settle, ttl_ms: int, fingerprint: str, error: str = ""
+        self, effect: str, rkey: str, rev: str, how: Settle, ttl_ms: int, fingerprint: str, error: str = ""
     ) -> None:
         if how is Settle.RELEASE:
             ok, _, found = await self._write(rkey, rev, 0)
@@ -268,8 +269,8 @@ class Ledger:
             self._count("ledger_claims_lost", effect)
             log.error("effect %s: the claim on %s was taken over while it ran (its lease ran out)", effect, rkey)
 
-    async def _write(self, rkey: str, expected: int, ttl_ms: int, *fields: Any) -> tuple[bool, int, Any]:
-        ok, now, found = await self._cas(keys=[rkey], args=[expected, ttl_ms, *fields])
+    async def _write(self, rkey: str, expected: str, ttl_ms: int, *fields: Any) -> tuple[bool, int, Any]:
+        ok, now, found = await self._cas(keys=[rkey], args=[expected, _new_rev(), ttl_ms, *fields])
         return bool(ok), int(now), found
 
     def _count(self, name: str, effect: str) -> None:
@@ -288,9 +289,13 @@ def _entry(flat: Any) -> Entry | None:
         int(f.get("at", 0)),
         int(f.get("lease", 0)),
         f.get("fp", ""),
-        int(f.get("rev", 0)),
+        f.get("rev", ""),
         f.get("error", ""),
     )
+
+
+def _new_rev() -> str:
+    return secrets.token_hex(8)
 
 
 def _text(raw: Any) -> str:

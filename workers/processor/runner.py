@@ -92,7 +92,7 @@ class HandlerRunner:
                 if step.next is Next.WAIT:
                     waits += 1
                     delay = min(delay, getattr(error, "retry_after", delay))
-                    self.report.waiting(dependency or down[0], error, env, delay)
+                    self.report.waiting(dependency or (down[0] if down else "handler"), error, env, delay)
                 else:
                     attempt += 1
                     self.metrics.handler_retries.labels(env.type).inc()
