@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import hashlib
 import json
 import os
 import secrets
@@ -398,6 +399,11 @@ async def run_mode(
     # batch processed before the timing starts: the rate leaves it out (run_seqguard's
     # "conservative" figure), as worker_cpu_us_per_event does.
     result["rate"] = result["events_per_s_conservative"]
+    if not result["rate"]:
+        raise RuntimeError(
+            f"all {result['received']:,} events were counted at the first sample (one batch): too few to time; "
+            "raise --events"
+        )
     result["mode"] = mode
     result["env"] = {k: ("<postgres url>" if k == "SEQGUARD_POSTGRES_URL" else v) for k, v in extra.items()}
     result["app_id"] = settings.app_id
@@ -420,9 +426,11 @@ async def run_mode(
 
 def relative(results: dict[str, dict[str, Any]]) -> None:
     base = results.get("noop")
-    if base is None:
+    if base is None or "error" in base:
         return
     for r in results.values():
+        if "error" in r:
+            continue
         r["vs_noop"] = round(r["rate"] / base["rate"], 3)
         r["added_wall_us_per_event"] = round(1e6 / r["rate"] - 1e6 / base["rate"], 1)
         r["added_worker_cpu_us_per_event"] = round(r["worker_cpu_us_per_event"] - base["worker_cpu_us_per_event"], 1)
@@ -453,6 +461,15 @@ def reproduce_command(args: argparse.Namespace) -> str:
     parts += ["--no-micro"] if args.no_micro else []
     parts += ["--no-workers"] if args.no_workers else []
     return f"cd {ROOT} && " + shlex.join(parts)
+
+
+def code_digest() -> str:
+    """SHA-256 of the worker's sources (workers/, tables/): the workers this benchmark starts
+    import them from disk, so a change during the run would mix two versions."""
+    digest = hashlib.sha256()
+    for path in sorted([*ROOT.glob("workers/**/*.py"), *ROOT.glob("tables/**/*.py")]):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def versions() -> dict[str, Any]:
@@ -497,7 +514,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "command": reproduce_command(args),
-        "environment": {**environment(), **versions()},
+        "environment": {**environment(), **versions(), "code_digest_start": code_digest()},
     }
     redis_proc = None
     if os.environ.get("REDIS_URL"):
@@ -532,6 +549,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             redis_proc.kill()
             redis_proc.wait(10)
     report["environment"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]  # noqa: ASYNC240
+    report["environment"]["code_digest_end"] = code_digest()
     out = RESULTS / f"ledger-{date}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     report["json_path"] = str(out.relative_to(ROOT))
@@ -553,7 +571,12 @@ async def run_workers(
     )
     results: dict[str, dict[str, Any]] = {}
     for mode in args.modes:
-        r = await run_mode(args, broker, redis_url, redis_pid, pg, input_topic, workload, mode)
+        try:
+            r = await run_mode(args, broker, redis_url, redis_pid, pg, input_topic, workload, mode)
+        except (AssertionError, RuntimeError) as exc:  # a worker that processed nothing, or exited
+            print(f"  {MODE_LABELS[mode]}: FAILED: {str(exc)[:300]}", flush=True)
+            results[mode] = {"mode": mode, "error": str(exc)[:2000], "check": {"ok": False}}
+            continue
         results[mode] = r
         print(
             f"  {MODE_LABELS[mode]}: {r['rate']:,} events/s over {r['seconds']} s, "
@@ -641,6 +664,9 @@ def worker_lines(w: dict[str, Any]) -> list[str]:
         f"    {'':32} {'':>9} {'':>7} {'(wall)':>10} {'µs/event':>11} {'µs':>6} {'µs/ev':>6} {'µs/ev':>6}",
     ]
     for mode, r in w["modes"].items():
+        if "error" in r:
+            out.append(f"{MODE_LABELS[mode]:36} FAILED: {r['error'][:200]}")
+            continue
         c = r["check"]
         detail = [f"output {c['output_records']:,}"]
         if "ledger_entries" in c:
@@ -677,10 +703,12 @@ def report_lines(r: dict[str, Any]) -> list[str]:
         f"PostgreSQL {pg.get('version')} ({'private' if pg.get('private') else 'POSTGRES_URL'}: "
         f"fsync={pg.get('fsync')}, synchronous_commit={pg.get('synchronous_commit')})"
     )
+    drift = env["code_digest_start"] != env["code_digest_end"]
     out = [
         "",
         "=" * 100,
         f"seqguard ledger cost  {r['date']}  (commit {env['git_commit']}{modified})",
+        *(["WARNING: workers/ or tables/ changed on disk during the run: figures mix two versions"] if drift else []),
         f"machine: {env['cpus']} CPUs ({env['cpu_model']}), load {load}; SHARED AND NOISY:",
         "  repeat before trusting a difference < ~20%.",
         f"Redis {rd['version']} ({'private, no persistence' if rd['private'] else 'REDIS_URL'}); {pg_text}",
@@ -723,7 +751,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--throughput-fetch-wait", type=int, default=500, help="SEQGUARD_FETCH_MAX_WAIT_MS of the workers")
     p.add_argument("--poll", type=float, default=0.2, help="seconds between /metrics polls")
     p.add_argument("--stall-seconds", type=float, default=30.0)
-    p.add_argument("--timeout", type=float, default=600.0, help="longest worker run in seconds")
+    p.add_argument("--timeout", type=float, default=300.0, help="longest worker run in seconds")
     p.add_argument("--log-level", default="warning", help="SEQGUARD_LOG_LEVEL of the workers")
     p.add_argument("--tag", default="", help="suffix of the result file: ledger-<date>-<tag>.json")
     args = p.parse_args(argv)
