@@ -39,15 +39,24 @@ class Resources:
 
 
 class Context:
-    __slots__ = ("attempt", "event", "replay", "_r")
+    __slots__ = ("attempt", "event", "_replay", "_r")
 
     def __init__(
-        self, resources: Resources | None, attempt: int = 1, event: Envelope | None = None, replay: bool = False
+        self,
+        resources: Resources | None,
+        attempt: int = 1,
+        event: Envelope | None = None,
+        replay: bool | Callable[[], bool] = False,
     ) -> None:
         self._r = resources or Resources()
         self.attempt = attempt
         self.event = event
-        self.replay = replay  # a DLQ replay: an effect that failed for good may run again
+        self._replay = replay  # a callable: asked only by the ledger (a header scan per event otherwise)
+
+    @property
+    def replay(self) -> bool:
+        """A DLQ replay: an effect that failed for good may run again."""
+        return self._replay() if callable(self._replay) else self._replay
 
     @property
     def effects(self) -> Effects:

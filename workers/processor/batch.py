@@ -264,8 +264,10 @@ class OrderedProcessor:
     async def _apply(self, loaded: Loaded, env: Envelope, rec: InRecord, policy: Policy) -> bool:
         """Run the handler and record the outcome; True if it was applied."""
         self.check_fence()  # a worker frozen past its lease runs no more handlers for the batch
-        replay = header(rec.headers, REPLAYED_FROM) is not None
-        failure = await self.runner.run(env, replay=replay, check=self._check_waiting)
+        headers = rec.headers
+        failure = await self.runner.run(
+            env, replay=lambda: header(headers, REPLAYED_FROM) is not None, check=self._check_waiting
+        )
         incoming = Incoming(env.sequence, env.idempotency_key, env.type, at=self.at)
         now = self.clock()
         if failure is not None:

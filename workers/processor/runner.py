@@ -59,7 +59,7 @@ class HandlerRunner:
         self.outage = Backoff(settings.retry_base_delay or 0.1, settings.outage_retry_max_delay)
 
     async def run(
-        self, env: Envelope, *, replay: bool = False, check: Callable[[], None] = _never
+        self, env: Envelope, *, replay: bool | Callable[[], bool] = False, check: Callable[[], None] = _never
     ) -> HandlerFailure | None:
         """None if the handler succeeded (or the type has none); else why it failed for good."""
         spec = self.registry.get(env.type)
@@ -106,7 +106,7 @@ class HandlerRunner:
                 self.report.resumed()
 
     async def _attempt(
-        self, spec: HandlerSpec, env: Envelope, data: object, attempt: int, replay: bool
+        self, spec: HandlerSpec, env: Envelope, data: object, attempt: int, replay: bool | Callable[[], bool]
     ) -> BaseException | None:
         timeout = spec.timeout or self.settings.handler_timeout
         started = time.perf_counter()
