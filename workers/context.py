@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from workers.dlq.records import REPLAYED_FROM, header
 from workers.envelope import Envelope, canonical_data_id
 
 if TYPE_CHECKING:
@@ -39,30 +40,38 @@ class Resources:
 
 
 class Context:
-    __slots__ = ("attempt", "event", "_replay", "_r")
+    __slots__ = ("attempt", "event", "_headers", "_r")
 
     def __init__(
         self,
         resources: Resources | None,
         attempt: int = 1,
         event: Envelope | None = None,
-        replay: bool | Callable[[], bool] = False,
+        headers: Sequence[tuple[str, bytes | None]] = (),
     ) -> None:
         self._r = resources or Resources()
         self.attempt = attempt
         self.event = event
-        self._replay = replay  # a callable: asked only by the ledger (a header scan per event otherwise)
+        self._headers = headers  # the record's: scanned only when the ledger asks for ``replay``
 
     @property
     def replay(self) -> bool:
         """A DLQ replay: an effect that failed for good may run again."""
-        return self._replay() if callable(self._replay) else self._replay
+        return header(self._headers, REPLAYED_FROM) is not None
 
     @property
     def effects(self) -> Effects:
         if self._r.effects is None:
             raise RuntimeError("this worker has no Redis effects")
         return self._r.effects
+
+    def _ledger(self, effect: str) -> tuple[Ledger, Envelope, OutagePolicy]:
+        """The ledger, this event, and the effect's outage policy."""
+        if self._r.ledger is None:
+            raise RuntimeError("this worker has no effect ledger (Redis)")
+        event = self._event()
+        policy = self._r.outage_policy(effect, event.type) if self._r.outage_policy else "fail_closed"
+        return self._r.ledger, event, policy
 
     def _event(self) -> Envelope:
         if self.event is None:
@@ -80,11 +89,7 @@ class Context:
     ) -> bool:
         """Run ``fn`` once per key (default: this event's); True if it ran now, False if it
         had run before."""
-        ledger = self._r.ledger
-        if ledger is None:
-            raise RuntimeError("this worker has no effect ledger (Redis)")
-        event = self._event()
-        policy = self._r.outage_policy(effect, event.type) if self._r.outage_policy else "fail_closed"
+        ledger, event, policy = self._ledger(effect)
         return await ledger.once(
             effect,
             fn,
@@ -100,11 +105,7 @@ class Context:
     ) -> int:
         """``once`` for many (key, payload, fn): claims and done marks pipelined (two round
         trips for the lot). Returns how many ran now."""
-        ledger = self._r.ledger
-        if ledger is None:
-            raise RuntimeError("this worker has no effect ledger (Redis)")
-        event = self._event()
-        policy = self._r.outage_policy(effect, event.type) if self._r.outage_policy else "fail_closed"
+        ledger, _, policy = self._ledger(effect)
         keyed = [(key, canonical_data_id(payload), fn) for key, payload, fn in items]
         return await ledger.once_each(effect, keyed, ttl=ttl, replay=self.replay, outage=policy)
 

@@ -156,8 +156,9 @@ class Ledger:
     ) -> int:
         """``once`` for many (key, fingerprint, fn) at a time, e.g. one notification per
         subscriber: the claims of new keys go in one pipeline, and so do the done marks, so
-        the lot costs two round trips instead of two per effect. Keys seen before go through
-        ``once`` one by one. Returns how many ran now."""
+        the lot costs two round trips instead of two per effect. Keys done before are skipped
+        from the claim's reply; other keys seen before go through ``once`` one by one.
+        Returns how many ran now."""
         ttl_ms = self.ttl_ms if ttl is None else int(ttl * 1000)
         rkeys = [self.key(effect, key) for key, _, _ in items]
         try:
@@ -168,17 +169,27 @@ class Ledger:
                 replies = await pipe.execute()
         except REDIS_OUTAGES:
             replies = [(0, 0, None)] * len(items)  # each one by one, under the outage policy
-        ran, marks = 0, []  # (key, what ran): a key listed twice may be marked by once() already
-        for rkey, (key, fingerprint, fn), (ok, _, rev) in zip(rkeys, items, replies, strict=True):
+        ran = 0
+        marks: list[tuple[str, _Ran]] = []  # (key, what ran): a key listed twice may be marked by once() already
+        for rkey, (key, fingerprint, fn), (ok, now, found) in zip(rkeys, items, replies, strict=True):
             if ok:
-                await self._run(effect, rkey, _text(rev), fn, ttl_ms, fingerprint)
-                self._unmarked[rkey] = done = _Ran(_text(rev), fingerprint)
+                await self._run(effect, rkey, _text(found), fn, ttl_ms, fingerprint)
+                self._unmarked[rkey] = done = _Ran(_text(found), fingerprint)
                 marks.append((rkey, done))
                 ran += 1
+            elif rkey not in self._unmarked and self._done(_entry(found), fingerprint, int(now), replay):
+                self._count("effects_skipped", effect)  # a redelivered batch: no second round trip
             else:
                 ran += await self.once(
                     effect, fn, key=key, fingerprint=fingerprint, ttl=ttl, replay=replay, outage=outage
                 )
+        await self._mark_all_done(effect, marks, ttl_ms, outage)
+        return ran
+
+    async def _mark_all_done(
+        self, effect: str, marks: list[tuple[str, _Ran]], ttl_ms: int, outage: OutagePolicy
+    ) -> None:
+        """The done marks of ``once_each``, in one pipeline."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for rkey, done in marks:
@@ -188,12 +199,15 @@ class Ledger:
         except REDIS_OUTAGES:
             for rkey, done in marks:  # as once() does: fail_closed waits, fail_open lets go
                 await self._mark_done(effect, rkey, done.rev, ttl_ms, done.fingerprint, outage)
-            return ran
+            return
         for (rkey, _), (ok, _, found) in zip(marks, settled, strict=True):
             self._unmarked.pop(rkey, None)
             if not ok and core.settle_lost(_entry(found), owner=self.owner, how=Settle.DONE):
                 self._count("ledger_claims_lost", effect)
-        return ran
+
+    def _done(self, entry: Entry | None, fingerprint: str, now_ms: int, replay: bool) -> bool:
+        verdict = core.on_claim(entry, owner=self.owner, fingerprint=fingerprint, now_ms=now_ms, replay=replay)
+        return verdict.found is Found.DONE
 
     def _claim_fields(self, fingerprint: str) -> tuple[Any, ...]:
         return ("state", "claimed", "owner", self.owner, "lease", self.lease_ms, "fp", fingerprint)

@@ -30,7 +30,7 @@ from tables.sequencer import Action, Decision, Incoming, Limits, Verdict
 from tables.timers import Gap, gap_record
 from workers.context import Resources
 from workers.dependencies import Dependencies
-from workers.dlq.records import REPLAYED_FROM, Failure, header
+from workers.dlq.records import Failure
 from workers.envelope import Envelope, decode
 from workers.errors import (
     BUFFER_OVERFLOW,
@@ -264,10 +264,7 @@ class OrderedProcessor:
     async def _apply(self, loaded: Loaded, env: Envelope, rec: InRecord, policy: Policy) -> bool:
         """Run the handler and record the outcome; True if it was applied."""
         self.check_fence()  # a worker frozen past its lease runs no more handlers for the batch
-        headers = rec.headers
-        failure = await self.runner.run(
-            env, replay=lambda: header(headers, REPLAYED_FROM) is not None, check=self._check_waiting
-        )
+        failure = await self.runner.run(env, headers=rec.headers, check=self._check_waiting)
         incoming = Incoming(env.sequence, env.idempotency_key, env.type, at=self.at)
         now = self.clock()
         if failure is not None:

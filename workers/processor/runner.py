@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tables.outage import Backoff, Fault, Next, after_failure
@@ -25,6 +25,7 @@ from workers.metrics import Metrics
 from workers.processor.outage import OutageReport
 from workers.settings import Settings
 
+Headers = Sequence[tuple[str, bytes | None]]
 #: How often a wait asks whether the batch may go on (a rebalance waits for it).
 CHECK_EVERY = 0.1
 
@@ -59,7 +60,7 @@ class HandlerRunner:
         self.outage = Backoff(settings.retry_base_delay or 0.1, settings.outage_retry_max_delay)
 
     async def run(
-        self, env: Envelope, *, replay: bool | Callable[[], bool] = False, check: Callable[[], None] = _never
+        self, env: Envelope, *, headers: Headers = (), check: Callable[[], None] = _never
     ) -> HandlerFailure | None:
         """None if the handler succeeded (or the type has none); else why it failed for good."""
         spec = self.registry.get(env.type)
@@ -72,7 +73,7 @@ class HandlerRunner:
         attempt, waits = 1, 0
         try:
             while True:
-                error = await self._attempt(spec, env, data, attempt + waits, replay)  # the try's number
+                error = await self._attempt(spec, env, data, attempt + waits, headers)  # the try's number
                 if error is None:
                     return None
                 fault, dependency = classify(error)
@@ -106,14 +107,14 @@ class HandlerRunner:
                 self.report.resumed()
 
     async def _attempt(
-        self, spec: HandlerSpec, env: Envelope, data: object, attempt: int, replay: bool | Callable[[], bool]
+        self, spec: HandlerSpec, env: Envelope, data: object, attempt: int, headers: Headers
     ) -> BaseException | None:
         timeout = spec.timeout or self.settings.handler_timeout
         started = time.perf_counter()
         limit = asyncio.timeout(timeout)
         try:
             async with limit:
-                await spec.fn(env, data, Context(self.resources, attempt, env, replay))
+                await spec.fn(env, data, Context(self.resources, attempt, env, headers))
         except TimeoutError as exc:
             # Ours, or a dependency's own timeout raised inside the handler (an outage).
             return HandlerTimeout(f"handler for {env.type} ran past {timeout} s") if limit.expired() else exc
