@@ -411,7 +411,7 @@ async def run_seqguard(
             "out_of_order": metric_value(final_text, "seqguard_events_out_of_order_total"),
             "dead_lettered": metric_value(final_text, "seqguard_dead_lettered_total"),
             "order_violations": metric_value(final_text, "seqguard_order_violations_total"),
-            "gaps": metric_value(final_text, "seqguard_gaps_total"),
+            "gaps": metric_value(final_text, "seqguard_gaps_skipped_total"),
             "batches": metric_value(final_text, "seqguard_batch_duration_seconds_count"),
             "batch_seconds_mean": round(
                 metric_value(final_text, "seqguard_batch_duration_seconds_sum")

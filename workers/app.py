@@ -27,6 +27,7 @@ from workers import kafka, timing
 from workers.context import Resources
 from workers.dependencies import Dependencies, redis_client
 from workers.effects import Effects
+from workers.errors import ERROR_CLASSES
 from workers.handlers import load_domains
 from workers.kafka import lease, progress
 from workers.kafka.delivery import Delivery, Fence, generation
@@ -94,6 +95,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "web_enabled": settings.web_port > 0,
         "web_port": settings.web_port or 6066,
         "web_bind": settings.web_host,
+        "canonical_url": settings.advertised_url,  # where /aggregates redirects and `seqguard gaps` asks
         "datadir": str(settings.data_dir),
         "stream_wait_empty": False,
         "logging_config": None,
@@ -123,6 +125,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     registry = load_domains(settings.domains)
     timing.check(settings, (spec.timeout for spec in registry.specs.values()))  # StartupError: exit 2
     policies = policy_book(settings)
+    runtime.metrics.prime([*registry.specs, *policies.by_type], ERROR_CLASSES)
     resources, dependencies = _resources(settings, runtime.metrics, policies, registry.schemas)
     sink = Sink(lambda: _producer(settings), state_topics=frozenset({table.changelog_topic.get_topic_name()}))
     runtime.processor = OrderedProcessor(
@@ -160,6 +163,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
 
     delivery = _deliver_ordered_topics(app, channel, settings, processor)
     _schedule_sweep(app, settings, runtime.metrics, processor, sweeper, delivery)
+    _forget_moved_partitions(app, settings, runtime.metrics)
     install_pages(app, runtime, table)
     return runtime
 
@@ -241,6 +245,15 @@ def _schedule_sweep(
             log.critical("sweep failed; stopping the worker without acknowledging anything", exc_info=True)
             os._exit(EXIT_CRITICAL)
         _update_lag(app, metrics)
+
+
+def _forget_moved_partitions(app: faust.App, settings: Settings, metrics: Metrics) -> None:
+    @app.on_partitions_assigned.connect  # type: ignore[misc,arg-type]
+    async def forget_moved_partitions(app: faust.App, assigned: set[Any], **_: Any) -> None:
+        # A partition's gauges belong to its owner: a value left here would keep alerts firing
+        # from this worker for a partition another worker now reports.
+        gone = set(range(settings.partitions)) - _active_partitions(app, settings)
+        metrics.forget_partitions(gone, (settings.input_topic, settings.repartition_topic))
 
 
 def _deliver_ordered_topics(

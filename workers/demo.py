@@ -209,7 +209,7 @@ async def _report(
     total = lambda name: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name))  # noqa: E731
     print(
         f"\napplied {int(total('seqguard_events_applied_total'))}, duplicates skipped {int(total('seqguard_events_duplicate_total'))}, "
-        f"buffered out of order {int(total('seqguard_events_out_of_order_total'))}, gaps {int(total('seqguard_gaps_total'))}, "
+        f"buffered out of order {int(total('seqguard_events_out_of_order_total'))}, gaps {int(total('seqguard_gaps_skipped_total'))}, "
         f"dead-lettered {len(dlq)} ({', '.join(_dlq_classes(dlq)) or 'none'}), confirmation emails {len(emails)} for {len(expected) // 2} orders"
     )
     print("every aggregate applied in sequence order" if ok else "ORDER VIOLATED")

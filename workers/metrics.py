@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: The ``type`` label of events whose type is neither handled nor named by the policy file:
+#: label values come from the input, and unbounded ones would be unbounded series.
+OTHER_TYPE = "other"
+#: Outcomes of records that carry the DLQ replay header (seqguard_replayed_events_total).
+REPLAY_OUTCOMES = ("applied", "buffered", "duplicate", "dead_lettered")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -19,8 +27,10 @@ class Metrics:
     duplicates: Counter
     out_of_order: Counter
     order_violations: Counter
-    gaps: Counter
+    gaps_skipped: Counter
     gap_events_skipped: Counter
+    gaps_parked: Counter
+    replayed_events: Counter
     dead_lettered: Counter
     handler_retries: Counter
     handler_seconds: Histogram
@@ -28,9 +38,9 @@ class Metrics:
     apply_lag_seconds: Histogram
     buffered: Gauge
     parked: Gauge
+    gap_open: Gauge
+    gap_oldest: Gauge
     consumer_lag: Gauge
-    replayed: Counter
-    startup_failures: Counter
     paused: Gauge
     dependency_up: Gauge
     outages: Counter
@@ -41,6 +51,8 @@ class Metrics:
     ledger_claims_expired: Counter
     ledger_claims_lost: Counter
     ledger_conflicts: Counter
+    #: Event types that get their own label value (``prime``); the rest count as ``other``.
+    types: set[str] = field(default_factory=set)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -53,10 +65,49 @@ class Metrics:
             **_dead_letter_metrics(r),
             **_worker_metrics(r),
             **_lag_metrics(r),
-            **_operator_metrics(r),
             **_outage_metrics(r),
             **_ledger_metrics(r),
         )
+
+    def type_label(self, event_type: str) -> str:
+        return event_type if event_type in self.types else OTHER_TYPE
+
+    def prime(self, types: Iterable[str], error_classes: Iterable[str]) -> None:
+        """Bound the ``type`` label to ``types`` and create every labelled counter at 0.
+
+        A series that appears at its first event is invisible to ``increase()`` over that
+        step: created at 0 at start-up, the first late event or duplicate after a deploy
+        fires its alert like any later one.
+        """
+        self.types.update(types)
+        labels = sorted(self.types) + [OTHER_TYPE]
+        for t in labels:
+            for counter in (self.applied, self.duplicates, self.out_of_order, self.gaps_skipped):
+                counter.labels(t)
+            for counter in (self.gap_events_skipped, self.gaps_parked, self.handler_retries):
+                counter.labels(t)
+            for action in ("applied", "rejected"):
+                self.order_violations.labels(t, action)
+            for error_class in error_classes:
+                self.dead_lettered.labels(error_class, t)
+        for outcome in REPLAY_OUTCOMES:
+            self.replayed_events.labels(outcome)
+
+    def forget_partitions(self, partitions: Iterable[int], topics: Iterable[str]) -> None:
+        """Remove the gauges of partitions that left this worker: their new owner exports them,
+        and a stale value here would keep alerts firing from a worker that no longer owns them."""
+        topics = list(topics)
+        for partition in partitions:
+            label = str(partition)
+            for gauge in (self.buffered, self.parked, self.gap_open, self.gap_oldest):
+                _remove(gauge, label)
+            for topic in topics:
+                _remove(self.consumer_lag, topic, label)
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set on this worker
+        metric.remove(*labels)
 
 
 def _input_metrics(r: CollectorRegistry) -> dict[str, Any]:
@@ -85,11 +136,23 @@ def _ordering_metrics(r: CollectorRegistry) -> dict[str, Any]:
             ["type", "action"],
             registry=r,
         ),
-        "gaps": Counter("seqguard_gaps", "Sequence gaps given up on after their timeout", ["type"], registry=r),
+        "gaps_skipped": Counter(
+            "seqguard_gaps_skipped", "Sequence gaps given up on, by the type that waited", ["type"], registry=r
+        ),
         "gap_events_skipped": Counter(
             "seqguard_gap_sequences_skipped",
             "Sequence numbers skipped by gap timeouts or operators",
             ["type"],
+            registry=r,
+        ),
+        "gaps_parked": Counter(
+            "seqguard_gaps_parked", "Aggregates parked on a gap (gap_policy park), by the type that waited", ["type"],
+            registry=r,
+        ),
+        "replayed_events": Counter(
+            "seqguard_replayed_events",
+            "Records republished from the DLQ, by what the worker did with them",
+            ["outcome"],
             registry=r,
         ),
     }
@@ -141,6 +204,18 @@ def _worker_metrics(r: CollectorRegistry) -> dict[str, Any]:
             ["partition"],
             registry=r,
         ),
+        "gap_open": Gauge(
+            "seqguard_gap_open_aggregates",
+            "Aggregates whose buffered events wait for missing sequence numbers (not parked)",
+            ["partition"],
+            registry=r,
+        ),
+        "gap_oldest": Gauge(
+            "seqguard_gap_oldest_seconds",
+            "How long the oldest open gap has been waiting, on its partition's gap clock (0: none)",
+            ["partition"],
+            registry=r,
+        ),
     }
 
 
@@ -152,19 +227,6 @@ def _lag_metrics(r: CollectorRegistry) -> dict[str, Any]:
             ["topic", "partition"],
             registry=r,
         ),
-    }
-
-
-def _operator_metrics(r: CollectorRegistry) -> dict[str, Any]:
-    """DLQ records replayed, and failed start-up checks."""
-    return {
-        "replayed": Counter(
-            "seqguard_dlq_replayed",
-            "DLQ records republished to their input topic",
-            ["error_class"],
-            registry=r,
-        ),
-        "startup_failures": Counter("seqguard_startup_failures", "Failed start-up checks", ["check"], registry=r),
     }
 
 

@@ -336,7 +336,7 @@ async def real_gap(broker, redis_url, tmp_path: Path, *, busy: bool, strict: boo
     if strict:
         assert metric_value(metrics, "seqguard_parked_aggregates") == 1
     else:
-        assert metric_value(metrics, "seqguard_gaps_total") == 1
+        assert metric_value(metrics, "seqguard_gaps_skipped_total") == 1
     if feed is not None:
         assert {a: applied.get(a) for a in feed.aggregates} == {a: list(range(1, n + 1)) for a, n in feed.sent.items()}
 

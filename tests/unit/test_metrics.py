@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from prometheus_client import generate_latest
+
+from workers.metrics import OTHER_TYPE, Metrics
+
 
 def test_batch_observer_matches_histogram_observe() -> None:
     from prometheus_client import CollectorRegistry, Histogram
@@ -21,3 +25,38 @@ def test_batch_observer_matches_histogram_observe() -> None:
         return [(s.name.split("_", 1)[1], s.labels, s.value) for s in h.collect()[0].samples if "created" not in s.name]
 
     assert samples(direct) == samples(batched)
+
+
+def test_types_outside_the_registry_and_policy_file_count_as_other() -> None:
+    m = Metrics.create()
+    m.prime(["order.paid"], ["handler_exception"])
+    assert m.type_label("order.paid") == "order.paid"
+    assert m.type_label("<script>" * 50) == OTHER_TYPE
+    assert m.type_label("") == OTHER_TYPE
+
+
+def test_prime_creates_every_labelled_counter_at_zero() -> None:
+    m = Metrics.create()
+    m.prime(["order.paid"], ["handler_exception", "order_violation"])
+    text = generate_latest(m.registry).decode()
+    for line in (
+        'seqguard_events_duplicate_total{type="order.paid"} 0.0',
+        'seqguard_events_duplicate_total{type="other"} 0.0',
+        'seqguard_order_violations_total{action="rejected",type="order.paid"} 0.0',
+        'seqguard_gaps_parked_total{type="other"} 0.0',
+        'seqguard_dead_lettered_total{error_class="order_violation",type="order.paid"} 0.0',
+        'seqguard_replayed_events_total{outcome="applied"} 0.0',
+    ):
+        assert line in text
+
+
+def test_forgotten_partitions_are_no_longer_exported() -> None:
+    m = Metrics.create()
+    for partition in ("0", "1"):
+        m.parked.labels(partition).set(1)
+        m.gap_open.labels(partition).set(2)
+        m.consumer_lag.labels("in", partition).set(5)
+    m.forget_partitions([1, 7], ["in", "in-repartition"])  # 7 was never set: no error
+    text = generate_latest(m.registry).decode()
+    assert 'seqguard_parked_aggregates{partition="0"} 1.0' in text
+    assert 'partition="1"' not in text

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import Counter as Counter_
 
 from tables.policy import PolicyBook
 from workers.dlq.records import DeadLetter
@@ -34,7 +35,9 @@ def auto_replayable(letter: DeadLetter, book: PolicyBook) -> bool:
     return letter.error_class in book.for_type(letter.event_type).auto_replay
 
 
-async def run_once(settings: Settings, waiting: Gauge | None = None, now: float | None = None) -> int:
+async def run_once(
+    settings: Settings, waiting: Gauge | None = None, now: float | None = None, replayed: Counter_ | None = None
+) -> int:
     """One pass: report, then auto-replay what is due. Returns how many were republished."""
     now = time.time() if now is None else now
     plan = await load_plan(settings, Filters())
@@ -56,17 +59,24 @@ async def run_once(settings: Settings, waiting: Gauge | None = None, now: float 
     if not chosen:
         return 0
     plan.replay = chosen
-    return await execute(settings, plan, by="seqguard dlq agent")
+    sent = await execute(settings, plan, by="seqguard dlq agent")
+    if replayed is not None:
+        for error_class, n in Counter(letter.error_class for letter in chosen[:sent]).items():
+            replayed.labels(error_class).inc(n)
+    return sent
 
 
 async def run_forever(settings: Settings) -> None:
     registry = CollectorRegistry()
     waiting = Gauge("seqguard_dlq_waiting_records", "DLQ records not yet replayed", ["error_class"], registry=registry)
+    replayed = Counter_(
+        "seqguard_dlq_replayed", "DLQ records auto-replayed by the agent", ["error_class"], registry=registry
+    )
     if settings.web_port:
         start_http_server(settings.web_port, addr=settings.web_host, registry=registry)
     while True:
         try:
-            await run_once(settings, waiting)
+            await run_once(settings, waiting, replayed=replayed)
         except Exception:
             log.exception("DLQ agent pass failed; trying again next interval")
         await asyncio.sleep(settings.dlq_agent_interval)

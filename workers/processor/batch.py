@@ -30,7 +30,7 @@ from tables.sequencer import Action, Decision, Incoming, Limits, Verdict
 from tables.timers import Gap, gap_record
 from workers.context import Resources
 from workers.dependencies import Dependencies
-from workers.dlq.records import Failure
+from workers.dlq.records import REPLAYED_FROM, Failure, header
 from workers.envelope import Envelope, decode
 from workers.errors import (
     BUFFER_OVERFLOW,
@@ -239,25 +239,33 @@ class OrderedProcessor:
     async def _carry_out(self, loaded: Loaded, env: Envelope, rec: InRecord, d: Decision, policy: Policy) -> None:
         m, action = self.metrics, d.action
         if d.verdict is Verdict.LATE:
-            m.order_violations.labels(env.type, "applied" if action is Action.RUN else "rejected").inc()
+            m.order_violations.labels(m.type_label(env.type), "applied" if action is Action.RUN else "rejected").inc()
             log.warning("%s %s seq %s of %s", d.reason, env.type, env.sequence, env.aggregate_id)
+        outcome = None
         if action is Action.RUN:
-            if await self._apply(loaded, env, rec, policy):
+            applied = await self._apply(loaded, env, rec, policy)
+            outcome = "applied" if applied else "dead_lettered"
+            if applied:
                 await self.drain(loaded)
         elif action is Action.HOLD:
+            outcome = "buffered"
             self._held_now[loaded.partition] += 1
             self._counts[m.out_of_order][env.type] += 1
             if len(self._envelopes) >= ENVELOPE_CACHE:
                 self._envelopes.clear()  # entries of events dropped or moved away: a miss only costs a decode
             self._envelopes[(rec.topic, rec.partition, rec.offset)] = env
         elif action is Action.SKIP:
+            outcome = "duplicate"
             self._counts[m.duplicates][env.type] += 1
         elif action is Action.DEAD_LETTER:
+            outcome = "dead_lettered"
             await self.emit.dead_letter(rec, self._failure(env, _DEAD_LETTER_CLASS[d.verdict], d.reason, 0))
         else:  # DRAIN_AND_RETRY: the oldest gap was given up on to make room
             assert d.gap is not None
             await self.record_gap(loaded, d.gap)
             await self._receive(loaded, env, rec)  # ends: every skip releases a buffered event
+        if outcome is not None and header(rec.headers, REPLAYED_FROM) is not None:
+            self._counts[m.replayed_events][outcome] += 1
 
     # ------------------------------------------------------------------ apply
 
@@ -302,10 +310,13 @@ class OrderedProcessor:
     async def record_gap(self, loaded: Loaded, result: Gap | Parked) -> None:
         """Count and audit a gap the core gave up on (then drain) or parked on."""
         kind, fields = gap_record(loaded.agg, result)
-        event_type = fields["type"]
+        m = self.metrics
+        event_type = m.type_label(fields["type"])
         if isinstance(result, Gap):
-            self.metrics.gaps.labels(event_type).inc()
-            self.metrics.gap_events_skipped.labels(event_type).inc(result.size)
+            m.gaps_skipped.labels(event_type).inc()
+            m.gap_events_skipped.labels(event_type).inc(result.size)
+        else:
+            m.gaps_parked.labels(event_type).inc()
         self.emit.audit(kind, loaded.key, **fields)
         if isinstance(result, Gap):
             await self.drain(loaded)
@@ -374,9 +385,10 @@ class OrderedProcessor:
 
     def count_batch(self) -> None:
         self._apply_lag.flush()
+        untyped, type_label = (self.metrics.received, self.metrics.replayed_events), self.metrics.type_label
         for metric, counts in self._counts.items():
             for label, n in counts.items():
-                metric.labels(label).inc(n)
+                metric.labels(label if metric in untyped else type_label(label)).inc(n)
         self._counts.clear()
 
     def _failure(self, env: Envelope, error_class: str, message: str, attempts: int) -> Failure:

@@ -32,7 +32,8 @@ class Emitter:
 
     async def dead_letter(self, rec: InRecord, failure: Failure) -> None:
         headers = dlq_headers(rec, failure, worker_id=self.worker_id, max_message=self.settings.error_message_max)
-        self.metrics.dead_lettered.labels(failure.error_class, failure.event_type or "unknown").inc()
+        m = self.metrics
+        m.dead_lettered.labels(failure.error_class, m.type_label(failure.event_type or "")).inc()
         log.warning(
             "dead-lettered %s:%s@%s as %s: %s",
             rec.topic,

@@ -54,6 +54,7 @@ class HandlerRunner:
         self.registry = registry
         self.resources = resources
         self.metrics = metrics
+        metrics.types.update(registry.specs)  # handled types get their own label value
         self.dependencies = dependencies
         self.report = OutageReport(metrics)
         self.retry = Backoff(settings.retry_base_delay, settings.retry_max_delay)
@@ -96,7 +97,7 @@ class HandlerRunner:
                     self.report.waiting(dependency or (down[0] if down else "handler"), error, env, delay)
                 else:
                     attempt += 1
-                    self.metrics.handler_retries.labels(env.type).inc()
+                    self.metrics.handler_retries.labels(self.metrics.type_label(env.type)).inc()
                 await _wait(delay, check)
         except BaseException:
             if waits:
@@ -120,7 +121,7 @@ class HandlerRunner:
             return HandlerTimeout(f"handler for {env.type} ran past {timeout} s") if limit.expired() else exc
         except Exception as exc:  # noqa: BLE001 - a handler's bug is dead-lettered, never escapes
             return exc
-        self.metrics.handler_seconds.labels(env.type).observe(time.perf_counter() - started)
+        self.metrics.handler_seconds.labels(self.metrics.type_label(env.type)).observe(time.perf_counter() - started)
         return None
 
 

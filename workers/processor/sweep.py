@@ -14,6 +14,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from tables import timers
 from workers.kafka.sink import FenceCheck
@@ -41,17 +42,17 @@ class Sweeper:
     ) -> bool:
         """One pass; ``complete_at(partition)``: since when each of its sources is read to its
         end (None: lagging). False if the fence closed on it (nothing written)."""
-        parked: Counter[int] = Counter()
+        held: list[Held] = []
 
         async def work() -> None:
-            parked.update(await self._pass(active, complete_at))
+            held.extend(await self._pass(active, complete_at))
 
         if not await self.processor.run_fenced(work, fence):
             return False
-        self._update_gauges(active, parked)
+        self._update_gauges(active, held)
         return True
 
-    async def _pass(self, active: set[int], complete_at: Callable[[int], Mapping[str, float | None]]) -> Counter[int]:
+    async def _pass(self, active: set[int], complete_at: Callable[[int], Mapping[str, float | None]]) -> list[Held]:
         p = self.processor
         now = p.clock()
         p.store.reindex(active)
@@ -67,7 +68,14 @@ class Sweeper:
         if self._idle_keys is not None:
             self._expire_idle(active, now, ttl)
         p.count_batch()  # events a gap skip released count too
-        return Counter(part for key, part in p.store.held.items() if p.load(key, part).agg.seq.parked)
+        held = []
+        for key, part in p.store.held.items():
+            agg = p.load(key, part).agg
+            clock = times.get(part)
+            oldest = agg.buffer.oldest_at()
+            age = 0.0 if clock is None or oldest is None else max(0.0, clock - oldest)  # unknown clock: no age yet
+            held.append(Held(part, agg.seq.parked is not None, oldest is not None, age))
+        return held
 
     def _log_gap(self, key: bytes, partition: int, clock: float, complete: Mapping[str, float | None]) -> None:
         """Why a gap timed out: the clock, and what it was made of (tables.clock)."""
@@ -107,9 +115,28 @@ class Sweeper:
             if expiry is not timers.Expiry.KEEP:
                 p.store.save(loaded, forget=expiry is timers.Expiry.FORGET)
 
-    def _update_gauges(self, active: set[int], parked: Counter[int]) -> None:
-        """``parked`` from the aggregates this sweep loaded (every held one): no second decode."""
-        p = self.processor
+    def _update_gauges(self, active: set[int], held: list[Held]) -> None:
+        """From the aggregates this sweep loaded (every held one): no second decode."""
+        m, waiting = self.processor.metrics, self.processor.store.waiting
+        parked: Counter[int] = Counter(h.partition for h in held if h.parked)
+        gapped: Counter[int] = Counter(h.partition for h in held if h.gap and not h.parked)
+        oldest: dict[int, float] = {}
+        for h in held:
+            if h.gap and not h.parked:
+                oldest[h.partition] = max(oldest.get(h.partition, 0.0), h.gap_age)
         for partition in active:
-            p.metrics.parked.labels(str(partition)).set(parked[partition])
-            p.metrics.buffered.labels(str(partition)).set(max(0, p.store.waiting[partition]))
+            label = str(partition)
+            m.parked.labels(label).set(parked[partition])
+            m.buffered.labels(label).set(max(0, waiting[partition]))
+            m.gap_open.labels(label).set(gapped[partition])
+            m.gap_oldest.labels(label).set(oldest.get(partition, 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What the gauges need of one held aggregate. ``gap_age``: on its partition's gap clock."""
+
+    partition: int
+    parked: bool
+    gap: bool
+    gap_age: float
