@@ -36,6 +36,8 @@ RUN groupadd --system --gid 10001 seqguard \
  && install -d -o seqguard -g seqguard -m 0750 /var/lib/seqguard
 
 COPY --from=build /opt/venv /opt/venv
+# The reference domains' policy file, at a stable path (docker-compose.yml points at it).
+COPY workers/domains/policies.toml /etc/seqguard/policies.toml
 
 USER 10001:10001
 WORKDIR /var/lib/seqguard

@@ -32,6 +32,7 @@ from workers.settings import Settings
 ORDER_FLOW = ["order.created", "order.paid", "order.reserved", "order.shipped", "order.delivered"]
 BUILD_FLOW = ["build.start", "build.progress", "build.complete", "service.create"]
 GAP_TIMEOUT = 3.0
+REFERENCE_POLICIES = Path(__file__).resolve().parent / "domains" / "policies.toml"
 
 
 def scenario(aggregates: int, rng: random.Random) -> tuple[list[tuple[str, int, str, Any]], str]:
@@ -100,6 +101,8 @@ def _demo_env(broker_url: str, workdir: Path) -> dict[str, str]:
         "SEQGUARD_BROKER_URL": broker_url,
         "SEQGUARD_APP_ID": f"demo{int(time.time())}",
         "SEQGUARD_GAP_TIMEOUT": str(GAP_TIMEOUT),
+        # The reference domains' strategy per type, unless the user brought their own.
+        "SEQGUARD_POLICY_FILE": os.environ.get("SEQGUARD_POLICY_FILE") or str(REFERENCE_POLICIES),
         "SEQGUARD_WEB_PORT": str(free_port()),
         "SEQGUARD_DATA_DIR": str(workdir / "data"),
         # Fast group joins and fetches on the embedded broker (docs/embedded-broker.md; Kafka

@@ -242,3 +242,17 @@ def test_a_type_policy_disables_auto_replay_for_that_type_only(tmp_path: Path) -
     s = settings(policy_file=path, dlq_auto_replay="timeout_exceeded")
     assert not auto_replayable(letter("timeout_exceeded", "order.paid"), policy_book(s))
     assert auto_replayable(letter("timeout_exceeded", "order.shipped"), policy_book(s))
+
+
+def test_the_reference_policy_file_gives_each_reference_type_a_strategy() -> None:
+    from workers.demo import REFERENCE_POLICIES
+    from workers.handlers import load_domains
+
+    book = policy_book(Settings(policy_file=REFERENCE_POLICIES))
+    handled = set(load_domains(Settings().domains).specs)
+    assert set(book.by_type) == handled, "every reference type, and only those, has a strategy"
+    assert book.for_type("order.paid").ordering == "strict"
+    assert book.for_type("order.paid").gap_policy == "park"
+    for build_type in ("build.start", "build.progress", "build.complete"):
+        assert book.for_type(build_type).auto_replay == frozenset({"timeout_exceeded"})
+    assert book.for_type("order.paid").auto_replay == frozenset()
