@@ -903,6 +903,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         f"worker {c['cpu_pct']['worker']}% CPU, broker {c['cpu_pct']['broker']}%",
                         flush=True,
                     )
+        if args.observability:
+            from benchmarks.observability import observability_cost
+
+            print("(d) metrics and logging on vs off (worker CPU per event) ...", flush=True)
+            d = report["observability"] = await observability_cost(args, broker, redis_url, workload)
+            print(f"  cost of metrics + logging: {d['cost']:+.1%} worker CPU per event", flush=True)
     finally:
         broker.stop()
         if redis_proc is not None:
@@ -993,6 +999,13 @@ def report_lines(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
             f"({args.producer_linger_ms} ms) and probe fetch wait ({args.probe_fetch_wait} ms) included.",
             "    The embedded broker answers a waiting fetch only when its wait expires (trap 11).",
         ]
+    if "observability" in r:
+        o = r["observability"]
+        out += [
+            "(d) metrics + logging (info, json) on vs off (error, SEQGUARD_METRICS=false), worker CPU per event:",
+            f"    on {o['on_cpu_us_per_event']} µs, off {o['off_cpu_us_per_event']} µs (medians of "
+            f"{len(o['runs']) // 2} pairs): cost {o['cost']:+.1%}",
+        ]
     out += [
         "-" * 78,
         f"JSON: {r['json_path']}",
@@ -1038,7 +1051,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--latency-drain-seconds", type=float, default=60.0)
     p.add_argument("--fetch-waits", type=ints, default=[50, 500], help="SEQGUARD_FETCH_MAX_WAIT_MS values for (c)")
-    p.add_argument("--log-level", default="warning", help="SEQGUARD_LOG_LEVEL of the workers")
+    p.add_argument("--log-level", default="info", help="SEQGUARD_LOG_LEVEL of the workers (default: the default)")
+    p.add_argument(
+        "--observability",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(d): worker CPU per event with metrics and logging on vs off",
+    )
+    p.add_argument("--observability-pairs", type=int, default=2, help="on/off run pairs in (d)")
     p.add_argument("--tag", default="", help="suffix of the result files: throughput-<date>-<tag>.json")
     p.add_argument("--probe-fetch-wait", type=int, default=10, help="fetch wait of the consumer measuring latency (ms)")
     p.add_argument("--producer-linger-ms", type=int, default=5, help="linger of the paced producer in (c)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,14 @@ class Metrics:
     types: set[str] = field(default_factory=set)
 
     @classmethod
+    def disabled(cls) -> Metrics:
+        """Metrics that count nothing (SEQGUARD_METRICS=false): what observability costs is
+        measured against this (benchmarks/throughput.py); /metrics is then empty."""
+        off: Any = _Off()
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("registry", "types")]
+        return cls(registry=CollectorRegistry(), **dict.fromkeys(names, off))
+
+    @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         r = registry if registry is not None else CollectorRegistry()
         # Built in this order so the exposition lists the metrics as it always has.
@@ -103,6 +112,24 @@ class Metrics:
                 _remove(gauge, label)
             for topic in topics:
                 _remove(self.consumer_lag, topic, label)
+
+
+class _Off:
+    """Stands for any metric, histogram internals included (BatchObserver), and does nothing."""
+
+    _upper_bounds = (float("inf"),)
+
+    def __init__(self) -> None:
+        self._buckets = [self]
+        self._sum = self
+
+    def labels(self, *_: Any) -> _Off:
+        return self
+
+    def inc(self, *_: Any) -> None:
+        pass
+
+    set = observe = remove = clear = inc
 
 
 def _remove(metric: Gauge, *labels: str) -> None:

@@ -60,3 +60,18 @@ def test_forgotten_partitions_are_no_longer_exported() -> None:
     text = generate_latest(m.registry).decode()
     assert 'seqguard_parked_aggregates{partition="0"} 1.0' in text
     assert 'partition="1"' not in text
+
+
+def test_disabled_metrics_count_nothing_and_take_every_call() -> None:
+    from workers.metrics import BatchObserver
+
+    m = Metrics.disabled()
+    m.prime(["order.paid"], ["handler_exception"])
+    m.received.labels("in").inc(3)
+    m.parked.labels("0").set(1)
+    m.batch_seconds.observe(0.1)
+    observer = BatchObserver(m.apply_lag_seconds)
+    observer.observe(0.2)
+    observer.flush()
+    m.forget_partitions([0], ["in"])
+    assert generate_latest(m.registry) == b""
