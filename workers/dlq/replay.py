@@ -11,9 +11,10 @@ parked aggregate drains in order once its missing event is applied.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,14 +108,68 @@ async def load_plan(settings: Settings, filters: Filters) -> Plan:
     return make_plan(letters, replayed, filters, settings.max_replays)
 
 
+#: ``by`` of an operator's ``seqguard dlq replay``: its audit records name SEQGUARD_OPERATOR.
+BY_OPERATOR = "seqguard dlq replay"
+
+
+def audit_record(letter: DeadLetter, by: str, operator: str | None, at: float) -> tuple[bytes, bytes]:
+    """The audit topic's key and value for one republished record (kind ``replayed``)."""
+    aggregate = letter.aggregate_id or ("" if letter.key is None else letter.key.decode("utf-8", "replace"))
+    body = {
+        "kind": "replayed",
+        "aggregate": aggregate,
+        "at": at,
+        "seq": letter.sequence,
+        "type": letter.event_type,
+        "error_class": letter.error_class,
+        "event_id": letter.meta.get("event-id", ""),
+        "dlq": letter.place,
+        "replay_count": letter.replay_count + 1,
+        "by": by,
+        **({"operator": operator[:200]} if operator else {}),
+    }
+    return aggregate.encode(), json.dumps(body).encode()
+
+
+def operator_of(settings: Settings, by: str, operator: str | None) -> str | None:
+    """Who replays: ``operator`` if given, else SEQGUARD_OPERATOR for an operator's command (not the agent)."""
+    if operator is None and by == BY_OPERATOR:
+        return settings.operator.strip() or None
+    return operator
+
+
+async def write_audit(
+    producer: AIOKafkaProducer, topic: str, letters: Iterable[DeadLetter], by: str, operator: str | None
+) -> None:
+    """One ``replayed`` audit record per republished record, in partition 0 like the worker's
+    (one partition: the audit's order is the order things happened in)."""
+    now = time.time()
+    futures = []
+    for letter in letters:
+        key, value = audit_record(letter, by, operator, now)
+        futures.append(await producer.send(topic, value, key=key, partition=0))
+    await producer.flush()
+    for fut in futures:
+        await fut
+
+
 async def execute(
-    settings: Settings, plan: Plan, *, rate: float | None = None, by: str = "seqguard dlq replay", chunk: int = 5_000
+    settings: Settings,
+    plan: Plan,
+    *,
+    rate: float | None = None,
+    by: str = BY_OPERATOR,
+    chunk: int = 5_000,
+    operator: str | None = None,
 ) -> int:
-    """Republish the plan in order; mark each chunk replayed once it is acknowledged. Returns the count.
+    """Republish the plan in order; audit each acknowledged chunk, then mark it replayed. Returns the count.
 
     Records are appended to one batch per target partition (aiokafka keeps one batch in
-    flight per partition, so each partition's order is the plan's order).
+    flight per partition, so each partition's order is the plan's order). The audit names
+    ``operator``, else SEQGUARD_OPERATOR for an operator's replay (``by`` BY_OPERATOR). It goes
+    before the markers: a crash between them re-replays (duplicates), never leaves a replay unaudited.
     """
+    operator = operator_of(settings, by, operator)
     rate = settings.replay_rate if rate is None else rate
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()
@@ -152,6 +207,7 @@ async def execute(
             await producer.flush()
             for fut in futures:
                 await fut
+            await write_audit(producer, settings.audit_topic, part, by, operator)
             await write_markers(producer, settings.markers_topic, part, by)
     finally:
         await producer.stop()
