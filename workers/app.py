@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,16 +50,30 @@ EXIT_CRITICAL = 70  # os.EX_SOFTWARE: the supervisor restarts the worker
 
 
 class QuietWorker(faust.Worker):
-    """Faust's worker without its terminal spinner.
+    """Faust's worker, logging through workers/logs.py (configured by the CLI before it exists),
+    without its terminal spinner and without printing anything.
 
-    At log levels of WARNING and above the spinner sets the root logger to DEBUG so it can
-    spin on every record; aiokafka then builds a debug record for each message it sends
-    (measured: ~15% of the worker's CPU). Containers have no terminal to spin in anyway.
+    mode's own logging set-up (``override_logging``) would replace the root handler by a
+    colour-log one and redirect stdout: it stays off. Its spinner would set the root logger to
+    DEBUG so it can spin on every record; aiokafka then builds a debug record for each message
+    it sends (measured: ~15% of the worker's CPU). ``say``/``carp`` lines become log records,
+    and stack dumps (SIGUSR1) go to ``stderr`` as the CLI left it: log lines.
     """
 
-    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("override_logging", False)
+        kwargs.setdefault("stdout", sys.stdout)  # read now: Faust's defaults are the streams at import
+        kwargs.setdefault("stderr", sys.stderr)
+        super().__init__(*args, **kwargs)
         self.spinner = None
-        super().on_setup_root_logger(logger, level)
+
+    def say(self, msg: str) -> None:
+        if msg.strip():
+            log.info("%s", msg.strip())
+
+    def carp(self, msg: str) -> None:
+        if msg.strip():
+            log.warning("%s", msg.strip())
 
 
 @dataclass
@@ -108,7 +123,7 @@ def worker_id(settings: Settings) -> str:
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     app = faust.App(settings.app_id, **faust_settings(settings))
-    runtime = Runtime(app, settings, metrics or Metrics.create())
+    runtime = Runtime(app, settings, metrics or (Metrics.create() if settings.metrics else Metrics.disabled()))
     n = settings.partitions
     table = state_table(app, n)
     channel = app.topic(  # one channel: Faust assigns its topics co-partitioned

@@ -48,7 +48,10 @@ def worker(loglevel: str | None, web_port: int | None) -> None:
         overrides["web_port"] = web_port
     settings = Settings(**overrides)
     level = (loglevel or settings.log_level).upper()
-    logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s")
+    from workers import logs
+
+    # Before anything logs; printed output becomes log lines too (QuietWorker keeps mode's set-up off).
+    logs.configure(level, settings.log_format, worker=logs.worker_name(settings), capture_stdio=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(startup_checks(settings))
@@ -108,10 +111,18 @@ def demo(aggregates: int, seed: int) -> None:
 
 
 def _register_operator_commands() -> None:
+    from workers.cli_audit import audit
     from workers.cli_dlq import aggregates, dlq
+    from workers.cli_scan import scan
 
     main.add_command(dlq)
     main.add_command(aggregates)
+    main.add_command(scan)
+    main.add_command(audit)
+    from workers.cli_inspect import COMMANDS as INSPECT_COMMANDS
+
+    for command in INSPECT_COMMANDS:  # gaps, aggregate, verify: ask the workers
+        main.add_command(command)
 
 
 _register_operator_commands()

@@ -7,6 +7,7 @@ model (``seqguard config --markdown``) and a test checks they agree.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -172,9 +173,32 @@ class Settings(BaseSettings):
     # --- process ---
     web_port: int = Field(6066, ge=0, le=65535, description="Faust web port: /metrics and /healthz (0: no web server)")
     web_host: str = Field("0.0.0.0", description="Faust web bind host")  # noqa: S104
+    web_url: str = Field(
+        "",
+        description="URL the CLI and other workers reach this worker's web pages at, advertised to the group "
+        "(default: http://<web_host>:<web_port>, the hostname for web_host 0.0.0.0)",
+    )
+    worker_url: str = Field(
+        "", description="Worker the gaps, aggregate and verify commands ask first (default: http://localhost:<web_port>)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    log_format: Literal["json", "console"] = Field(
+        "json", description="Log lines: json (one object per line, for containers) or console (for people)"
+    )
     state_dump: bool = Field(False, description="Serve every table's content at /tables (tests, debugging)")
+    metrics: bool = Field(
+        True, description="Count Prometheus metrics (false: /metrics is empty; for measuring their cost)"
+    )
     data_dir: Path = Field(Path("./data"), description="Faust data directory")
+
+    @property
+    def advertised_url(self) -> str:
+        """``web_url``, or one derived from the bind host and port (Faust's ``canonical_url``)."""
+        if self.web_url:
+            return self.web_url.rstrip("/")
+        host = self.web_host if self.web_host not in ("", "0.0.0.0", "::") else socket.gethostname()  # noqa: S104
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.web_port or 6066}"
 
     @property
     def ledger_prefix(self) -> str:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from workers.processor.store import state_view
+from workers.web_page import install_operator_page
 
 if TYPE_CHECKING:
     from workers.app import Runtime
@@ -16,6 +17,7 @@ def install_pages(app: Any, runtime: Runtime, table: Any) -> None:
     settings, processor = runtime.settings, runtime.processor
     assert processor is not None
     worker = runtime.worker_id
+    install_operator_page(app, runtime)  # / and /ui: the operator page (workers/web_page.py)
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -44,3 +46,7 @@ def install_pages(app: Any, runtime: Runtime, table: Any) -> None:
         async with processor.lock:  # between batches: a consistent picture
             dump = {table.name: {k.decode("latin-1"): state_view(v) for k, v in table.data.items()}}
         return web.json(dump)
+
+    from workers.web_aggregates import install_aggregate_pages
+
+    install_aggregate_pages(app, runtime, table)  # /aggregates/{id} and /gaps
