@@ -1,7 +1,7 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 VENV ?= .venv
 PYTHON ?= python3
-APT_PACKAGES = redis-server prometheus postgresql
+APT_PACKAGES = redis-server prometheus postgresql chromium
 
 .PHONY: demo test system-deps lint
 
@@ -11,12 +11,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-# Debian packages the tests start: redis-server (a private Redis), promtool (alert rule tests) and
-# PostgreSQL's initdb/pg_ctl (a private cluster, tests/pg.py; Debian keeps them off PATH).
+# Debian packages the tests start: redis-server (a private Redis), prometheus (the server, for
+# tests/prometheus_server.py, and promtool, for the alert rule tests: one package), PostgreSQL's
+# initdb/pg_ctl (a private cluster, tests/pg.py; Debian keeps them off PATH) and chromium.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	{ command -v promtool && command -v prometheus; } >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

@@ -140,7 +140,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     registry = load_domains(settings.domains)
     timing.check(settings, (spec.timeout for spec in registry.specs.values()))  # StartupError: exit 2
     policies = policy_book(settings)
-    runtime.metrics.prime([*registry.specs, *policies.by_type], ERROR_CLASSES)
+    runtime.metrics.prime(
+        [*registry.specs, *policies.by_type],
+        ERROR_CLASSES,
+        (settings.input_topic, settings.repartition_topic, settings.control_topic),
+    )
     resources, dependencies = _resources(settings, runtime.metrics, policies, registry.schemas)
     sink = Sink(lambda: _producer(settings), state_topics=frozenset({table.changelog_topic.get_topic_name()}))
     runtime.processor = OrderedProcessor(
@@ -259,7 +263,7 @@ def _schedule_sweep(
         except Exception:
             log.critical("sweep failed; stopping the worker without acknowledging anything", exc_info=True)
             os._exit(EXIT_CRITICAL)
-        _update_lag(app, metrics)
+        _update_lag(app, settings, metrics)
 
 
 def _forget_moved_partitions(app: faust.App, settings: Settings, metrics: Metrics) -> None:
@@ -357,10 +361,13 @@ def _active_partitions(app: faust.App, settings: Settings) -> set[int]:
     return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in topics}
 
 
-def _update_lag(app: faust.App, metrics: Metrics) -> None:
+def _update_lag(app: faust.App, settings: Settings, metrics: Metrics) -> None:
     """Lag from the fetch high-water mark (end_offsets is wrong on the embedded broker)."""
     consumer = app.consumer
+    sources = (settings.input_topic, settings.repartition_topic)  # forget_partitions removes exactly these
     for tp in consumer.assignment():
+        if tp.topic not in sources:
+            continue
         try:
             highwater = consumer.highwater(tp)
         except Exception:  # noqa: BLE001, S112 - no fetch yet for this partition

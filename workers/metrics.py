@@ -81,7 +81,7 @@ class Metrics:
     def type_label(self, event_type: str) -> str:
         return event_type if event_type in self.types else OTHER_TYPE
 
-    def prime(self, types: Iterable[str], error_classes: Iterable[str]) -> None:
+    def prime(self, types: Iterable[str], error_classes: Iterable[str], topics: Iterable[str] = ()) -> None:
         """Bound the ``type`` label to ``types`` and create every labelled counter at 0.
 
         A series that appears at its first event is invisible to ``increase()`` over that
@@ -101,6 +101,8 @@ class Metrics:
                 self.dead_lettered.labels(error_class, t)
         for outcome in REPLAY_OUTCOMES:
             self.replayed_events.labels(outcome)
+        for topic in topics:  # the denominator of the idempotency hit rate
+            self.received.labels(topic)
 
     def forget_partitions(self, partitions: Iterable[int], topics: Iterable[str]) -> None:
         """Remove the gauges of partitions that left this worker: their new owner exports them,

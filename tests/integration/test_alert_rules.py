@@ -1,7 +1,11 @@
-"""The Prometheus alert rules parse, and their promtool unit tests pass.
+"""The Prometheus alert rules parse, their promtool unit tests pass, and they keep their shape.
 
 deploy/prometheus/alerts_test.yml fires and clears every alert in alerts.yml on synthetic
 series; this test runs promtool over both, and over the Prometheus config that loads them.
+It also checks what promtool cannot: the runbook's alert names exist, every alert says
+which seqguard command to run, and every threshold is defined once, used, and documented
+with its default in the file's header. (tests/integration/test_prometheus_alerts.py runs
+the rules in a real Prometheus against real workers.)
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import pytest
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 MISSING_PROMTOOL = (
-    "promtool is not on PATH. `make test` installs it (Debian package `prometheus`: "
-    "apt-get install -y prometheus); the alert rules are not checked without it."
+    "promtool is not on PATH: run `make system-deps` (Debian package `prometheus`); "
+    "the alert rules are not checked without it."
 )
 
 
@@ -74,3 +78,57 @@ def test_every_alert_has_a_unit_test() -> None:
     assert alerts - fired == set(), f"alerts never tested firing: {sorted(alerts - fired)}"
     assert alerts - quiet == set(), f"alerts never tested quiet: {sorted(alerts - quiet)}"
     assert {name for name, _ in checks} <= alerts, "alerts_test.yml names unknown alerts"
+
+
+# The alerts the runbook names: renaming one breaks the operators' pages.
+RUNBOOK_ALERTS = {
+    "EventOrderViolation",
+    "DuplicateEventProcessing",
+    "EventSequenceGap",
+    "AggregatesParked",
+    "DeadLetterQueueGrowing",
+    "ConsumerLagHigh",
+    "WorkerDown",
+    "DLQAgentDown",
+}
+ANNOTATIONS = {"summary", "description", "runbook", "threshold"}
+
+
+def alert_blocks(rules: str) -> dict[str, str]:
+    """alert name -> the text of its rule (alerts.yml lists rules at one indentation)."""
+    starts = list(re.finditer(r"^      - (alert|record): *(\S+) *$", rules, re.MULTILINE))
+    ends = [m.start() for m in starts[1:]] + [len(rules)]
+    return {m.group(2): rules[m.start() : end] for m, end in zip(starts, ends, strict=True) if m.group(1) == "alert"}
+
+
+def test_the_runbook_alerts_exist_and_each_alert_says_what_to_do() -> None:
+    blocks = alert_blocks((PROMETHEUS_DIR / "alerts.yml").read_text())
+    assert RUNBOOK_ALERTS - set(blocks) == set(), f"missing: {sorted(RUNBOOK_ALERTS - set(blocks))}"
+    for name, block in blocks.items():
+        annotations = block.split("        annotations:\n", 1)[1]
+        keys = set(re.findall(r"^          (\w+):", annotations, re.MULTILINE))
+        assert keys == ANNOTATIONS, f"{name}: annotations {sorted(keys)}, want {sorted(ANNOTATIONS)}"
+        runbook = annotations.split("          runbook:", 1)[1].split("          threshold:", 1)[0]
+        assert "`seqguard " in runbook, f"{name}: the runbook names no seqguard command"
+
+
+def test_every_threshold_is_defined_once_used_and_documented_with_its_default() -> None:
+    rules = (PROMETHEUS_DIR / "alerts.yml").read_text()
+    header = "".join(line for line in rules.splitlines(keepends=True) if line.startswith("#"))
+    defined = dict(re.findall(r"record: seqguard:threshold:(\w+)\s*\n\s*expr: vector\(([-\d.e]+)\)", rules))
+    assert len(defined) == rules.count("record: seqguard:threshold:"), "a threshold that is not vector(<number>)"
+    blocks = alert_blocks(rules)
+    used = {
+        t for block in blocks.values() for t in re.findall(r"seqguard:threshold:(\w+)", block.split("annotations:")[0])
+    }
+    assert used - set(defined) == set(), f"thresholds used but not defined: {sorted(used - set(defined))}"
+    assert set(defined) - used == set(), f"thresholds defined but used by no alert: {sorted(set(defined) - used)}"
+    for name, value in defined.items():
+        assert f"{name} ({value})" in header, f"the header does not document {name} with its default {value}"
+    for name, block in blocks.items():
+        duration = re.search(r"^        for: *(\S+)", block, re.MULTILINE)
+        # A threshold series, or (for up/down states) the `for:` as the threshold.
+        assert duration or "seqguard:threshold:" in block, f"{name} has no threshold"
+        row = re.search(rf"^#[ \t]+{name}[ \t].*[ \t](\S+)[ \t]*$", header, re.MULTILINE)
+        assert row, f"the header's table has no row for {name}"
+        assert row.group(1) == (duration.group(1) if duration else "0"), f"{name}: the header's `for` is stale"
