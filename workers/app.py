@@ -124,19 +124,8 @@ def worker_id(settings: Settings) -> str:
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     app = faust.App(settings.app_id, **faust_settings(settings))
     runtime = Runtime(app, settings, metrics or (Metrics.create() if settings.metrics else Metrics.disabled()))
-    n = settings.partitions
-    table = state_table(app, n)
-    channel = app.topic(  # one channel: Faust assigns its topics co-partitioned
-        settings.input_topic,
-        settings.repartition_topic,
-        settings.control_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=n,
-    )
-
+    table = state_table(app, settings.partitions)
+    channel = _ordered_channel(app, settings)
     registry = load_domains(settings.domains)
     timing.check(settings, (spec.timeout for spec in registry.specs.values()))  # StartupError: exit 2
     policies = policy_book(settings)
@@ -185,6 +174,19 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     _forget_moved_partitions(app, settings, runtime.metrics)
     install_pages(app, runtime, table)
     return runtime
+
+
+def _ordered_channel(app: faust.App, settings: Settings) -> Any:
+    return app.topic(  # one channel: Faust assigns its topics co-partitioned
+        settings.input_topic,
+        settings.repartition_topic,
+        settings.control_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
 
 
 def _resources(

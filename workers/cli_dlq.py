@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 import uuid
 from collections import Counter
@@ -174,10 +173,11 @@ def dlq_replay(
 @dlq.command("agent")
 def dlq_agent() -> None:
     """Run the DLQ agent: report, and auto-replay transient error classes with backoff."""
+    from workers import logs
     from workers.dlq.agent import run_forever
 
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format, worker=logs.worker_name(settings), capture_stdio=True)
     asyncio.run(run_forever(settings))
 
 

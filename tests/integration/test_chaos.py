@@ -139,7 +139,7 @@ LOG_PATTERNS = {
     "error": re.compile(r"\bERROR\b"),
     "gap": re.compile(r"gap", re.IGNORECASE),
     "late": re.compile(r"late event|order_violation"),
-    "dead_lettered": re.compile(r"dead-lettered"),
+    "dead_lettered": re.compile(r"dead.lettered"),
     "counter": re.compile(r"non-negative"),
     "parked": re.compile(r"parked"),
 }

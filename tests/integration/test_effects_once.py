@@ -176,7 +176,7 @@ async def test_two_apps_sharing_a_ledger_namespace_run_a_shared_effect_once(
         w.stop()
 
 
-_TAKEOVER = re.compile(r"effect fx\.spool: the claim of \S+?:(\d+)/\S+ on \S+?\{test\x1f(\S+?)\}:fx\.spool expired")
+_TAKEOVER = re.compile(r"effect fx\.spool: the claim of \S+?:(\d+)/\S+ on \S+?\{test(?:\x1f|\\u001f)(\S+?)\}:fx\.spool expired")
 
 
 @pytest.mark.fault

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client import Counter as Counter_
 
 from tables.policy import PolicyBook
+from workers import logs
 from workers.dlq.records import DeadLetter
 from workers.dlq.replay import Filters, execute, load_plan
 from workers.policy_file import policy_book
@@ -55,6 +56,12 @@ async def run_once(
         dict(counts),
         len(plan.over_limit),
         len(chosen),
+        extra=logs.fields(
+            waiting=sum(counts.values()),
+            by_error_class=dict(counts),
+            over_limit=len(plan.over_limit),
+            auto_replaying=[f"{letter.aggregate_id}#{letter.sequence}" for letter in chosen[:100]],
+        ),
     )
     if not chosen:
         return 0

@@ -28,6 +28,7 @@ from tables.policy import Policy, PolicyBook
 from tables.sequence import Parked
 from tables.sequencer import Action, Decision, Incoming, Limits, Verdict
 from tables.timers import Gap, gap_record
+from workers import logs
 from workers.context import Resources
 from workers.dependencies import Dependencies
 from workers.dlq.records import REPLAYED_FROM, Failure, header
@@ -211,7 +212,7 @@ class OrderedProcessor:
             # Operators only (Kafka ACLs). Never repartitioned: a command keyed by anything but
             # its aggregate may sit on another worker's partition.
             if env.source == CONTROL_SOURCE and env.type == RESOLVE_TYPE and rec.key == key:
-                await self._resolve(self.load(key, rec.partition), env)
+                await self._resolve(self.load(key, rec.partition), env, rec)
                 return
             forged = "not a resolve of seqguard/cli keyed by its aggregate"
         elif env.source == CONTROL_SOURCE or env.type.startswith(CONTROL_TYPE_PREFIX):
@@ -238,9 +239,11 @@ class OrderedProcessor:
 
     async def _carry_out(self, loaded: Loaded, env: Envelope, rec: InRecord, d: Decision, policy: Policy) -> None:
         m, action = self.metrics, d.action
+        replayed = header(rec.headers, REPLAYED_FROM)
+        if replayed is not None or d.verdict is not Verdict.APPLY:  # logged before what follows from it
+            logs.decided(d, rec, env, loaded.agg.seq.next_seq, replayed)
         if d.verdict is Verdict.LATE:
             m.order_violations.labels(m.type_label(env.type), "applied" if action is Action.RUN else "rejected").inc()
-            log.warning("%s %s seq %s of %s", d.reason, env.type, env.sequence, env.aggregate_id)
         outcome = None
         if action is Action.RUN:
             applied = await self._apply(loaded, env, rec, policy)
@@ -262,9 +265,9 @@ class OrderedProcessor:
             await self.emit.dead_letter(rec, self._failure(env, _DEAD_LETTER_CLASS[d.verdict], d.reason, 0))
         else:  # DRAIN_AND_RETRY: the oldest gap was given up on to make room
             assert d.gap is not None
-            await self.record_gap(loaded, d.gap)
+            await self.record_gap(loaded, d.gap, cause="buffer_full")
             await self._receive(loaded, env, rec)  # ends: every skip releases a buffered event
-        if outcome is not None and header(rec.headers, REPLAYED_FROM) is not None:
+        if outcome is not None and replayed is not None:
             self._counts[m.replayed_events][outcome] += 1
 
     # ------------------------------------------------------------------ apply
@@ -278,9 +281,7 @@ class OrderedProcessor:
         if failure is not None:
             await self.emit.dead_letter(rec, self._failure(env, failure.error_class, failure.message, failure.attempts))
             if core.failed(loaded.agg, incoming, policy, failure.error_class, now):
-                log.warning(
-                    "aggregate %s parked at sequence %s: %s", env.aggregate_id, env.sequence, failure.error_class
-                )
+                logs.decision("parked", rec, env, reason=failure.error_class)
             else:
                 await self.drain(loaded)  # the sequence stepped over it: release what waits
             return False
@@ -303,11 +304,12 @@ class OrderedProcessor:
                 except DecodeError as exc:  # it decoded when it was buffered; never expected
                     await self.emit.dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
                     continue
+            logs.decision("released", rec, env)
             await self._apply(loaded, env, rec, self.policies.for_type(env.type))
 
     # ------------------------------------------------------------------ gaps, operators
 
-    async def record_gap(self, loaded: Loaded, result: Gap | Parked) -> None:
+    async def record_gap(self, loaded: Loaded, result: Gap | Parked, cause: str = "gap_timeout") -> None:
         """Count and audit a gap the core gave up on (then drain) or parked on."""
         kind, fields = gap_record(loaded.agg, result)
         m = self.metrics
@@ -318,13 +320,15 @@ class OrderedProcessor:
         else:
             m.gaps_parked.labels(event_type).inc()
         self.emit.audit(kind, loaded.key, **fields)
+        logs.gap(loaded.key, loaded.partition, result, fields["type"], cause=cause)
         if isinstance(result, Gap):
             await self.drain(loaded)
 
-    async def _resolve(self, loaded: Loaded, env: Envelope) -> None:
+    async def _resolve(self, loaded: Loaded, env: Envelope, rec: InRecord) -> None:
         outcome = timers.resolve_request(loaded.agg, env.data, self.clock(), self.settings.max_sequence)
         key = loaded.key
         request = env.data if isinstance(env.data, dict) else {}
+        logs.resolved(rec, env, outcome, request)
         if isinstance(outcome, timers.Refused):
             self.emit.audit("resolve_refused", key, reason=outcome.reason, request=repr(env.data)[:1000])
             return

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
+from workers import logs
 from workers.dlq.records import Failure, dlq_headers
 from workers.kafka.sink import Sink
 from workers.metrics import Metrics
 from workers.records import InRecord
 from workers.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 class Emitter:
@@ -34,14 +32,7 @@ class Emitter:
         headers = dlq_headers(rec, failure, worker_id=self.worker_id, max_message=self.settings.error_message_max)
         m = self.metrics
         m.dead_lettered.labels(failure.error_class, m.type_label(failure.event_type or "")).inc()
-        log.warning(
-            "dead-lettered %s:%s@%s as %s: %s",
-            rec.topic,
-            rec.partition,
-            rec.offset,
-            failure.error_class,
-            failure.message[:200],
-        )
+        logs.dead_lettered(rec, failure)
         await self.sink.send_keyed(self.settings.dlq, rec.key, rec.value, rec.timestamp_ms, headers)
 
     def audit(self, kind: str, key: bytes, **fields: Any) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from tables import timers
+from workers import logs
 from workers.kafka.sink import FenceCheck
 from workers.processor.batch import OrderedProcessor
 from workers.processor.store import Loaded
@@ -79,14 +80,23 @@ class Sweeper:
 
     def _log_gap(self, key: bytes, partition: int, clock: float, complete: Mapping[str, float | None]) -> None:
         """Why a gap timed out: the clock, and what it was made of (tables.clock)."""
+        wall, newest = self.processor.clock(), self.processor.gap_clock(partition).streams
         log.info(
             "gap of %r timed out: partition %d's clock %.3f (wall %.3f); read to the end as of %s; newest %s",
             key,
             partition,
             clock,
-            self.processor.clock(),
+            wall,
             dict(complete),
-            self.processor.gap_clock(partition).streams,
+            newest,
+            extra=logs.fields(
+                aggregate_id=key.decode("utf-8", "replace"),
+                partition=partition,
+                gap_clock=clock,
+                wall=wall,
+                read_to_end=dict(complete),
+                newest=dict(newest),
+            ),
         )
 
     async def expire_gaps(self, loaded: Loaded, now: float = math.inf) -> bool:
