@@ -127,6 +127,7 @@ def dlq_show(
 @filter_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; republish nothing.")
 @click.option("--rate", type=float, default=None, help="Records/s (default SEQGUARD_REPLAY_RATE; 0: unlimited).")
+@click.option("--operator", help="Who replays, kept in the audit topic (default: SEQGUARD_OPERATOR).")
 @click.option("--json", "as_json", is_flag=True)
 def dlq_replay(
     aggregate: str | None,
@@ -136,6 +137,7 @@ def dlq_replay(
     until: str | None,
     dry_run: bool,
     rate: float | None,
+    operator: str | None,
     as_json: bool,
 ) -> None:
     """Republish DLQ records in order (aggregate, sequence, original time) to their input topic."""
@@ -146,7 +148,7 @@ def dlq_replay(
     sent, elapsed = 0, 0.0
     if not dry_run and plan.replay:
         started = time.monotonic()
-        sent = asyncio.run(execute(settings, plan, rate=rate))
+        sent = asyncio.run(execute(settings, plan, rate=rate, operator=operator))
         elapsed = time.monotonic() - started
     result = {**summary, "dry_run": dry_run, "republished": sent, "seconds": round(elapsed, 3)}
     if as_json:
