@@ -61,6 +61,7 @@ async def cost_run(
     return {
         "mode": mode,
         "cpu_us_per_event": round(1e6 * (cpu1 - cpu0) / n, 2),
+        "events_per_cpu_second": round(n / max(1e-9, cpu1 - cpu0)),
         "wall_seconds": round(t1 - t0, 2),
         "log_lines": len(lines),
         "json_lines": json_lines,
@@ -84,7 +85,8 @@ async def observability_cost(
             run = await cost_run(args, broker, redis_url, workload, mode)
             runs.append(run)
             print(
-                f"  {mode:>3}: {run['cpu_us_per_event']} µs worker CPU/event, {run['log_lines']:,} log lines "
+                f"  {mode:>3}: {run['cpu_us_per_event']} µs worker CPU/event "
+                f"({run['events_per_cpu_second']:,} events per worker CPU second), {run['log_lines']:,} log lines "
                 f"({run['decision_lines']:,} decisions)",
                 flush=True,
             )

@@ -1004,7 +1004,8 @@ def report_lines(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
         out += [
             "(d) metrics + logging (info, json) on vs off (error, SEQGUARD_METRICS=false), worker CPU per event:",
             f"    on {o['on_cpu_us_per_event']} µs, off {o['off_cpu_us_per_event']} µs (medians of "
-            f"{len(o['runs']) // 2} pairs): cost {o['cost']:+.1%}",
+            f"{len(o['runs']) // 2} pairs): cost {o['cost']:+.1%}; throughput per worker CPU second "
+            f"{round(1e6 / o['on_cpu_us_per_event']):,} on vs {round(1e6 / o['off_cpu_us_per_event']):,} off",
         ]
     out += [
         "-" * 78,
