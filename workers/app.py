@@ -30,7 +30,7 @@ from workers.dependencies import Dependencies, redis_client
 from workers.effects import Effects
 from workers.errors import ERROR_CLASSES
 from workers.handlers import load_domains
-from workers.kafka import lease, progress
+from workers.kafka import clients, lease, progress
 from workers.kafka.delivery import Delivery, Fence, generation
 from workers.kafka.sink import Sink
 from workers.ledger.postgres import Projections
@@ -94,6 +94,7 @@ class Runtime:
 def faust_settings(settings: Settings) -> dict[str, Any]:
     return {
         "broker": settings.broker_url,
+        "broker_credentials": clients.faust_credentials(settings),  # the same security as clients.py
         "store": "memory://",
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
@@ -302,7 +303,7 @@ def _deliver_ordered_topics(
         kafka.Hooks(
             delivery,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            bootstrap=settings.bootstrap_servers if settings.probe_changelog_ends else None,
+            bootstrap=clients.kafka(settings) if settings.probe_changelog_ends else None,
         ),
     )
 
@@ -329,8 +330,8 @@ def _deliver_ordered_topics(
 
 def _producer(settings: Settings) -> AIOKafkaProducer:
     """seqguard's own producer: acks from all in-sync replicas, large batches, a short linger."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+    return clients.producer(
+        settings,
         client_id=f"{settings.app_id}-sink",
         acks="all",
         linger_ms=settings.producer_linger_ms,

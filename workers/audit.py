@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from workers.kafka import clients
 from workers.kafka.read import read_to_end
 
 MALFORMED = "malformed"
@@ -151,10 +152,10 @@ def enough(query: Query, read: dict[TopicPartition, list[AuditEntry]], complete:
     return bool(cutoffs) and all(min(e.time for e in read[tp]) < max(cutoffs) for tp in partial)
 
 
-async def _bounds(bootstrap: str, topic: str, request_s: float) -> dict[TopicPartition, tuple[int, int]]:
+async def _bounds(bootstrap: clients.Kafka, topic: str, request_s: float) -> dict[TopicPartition, tuple[int, int]]:
     """Each partition's first offset and (a hint of) its end; {} if the topic does not exist."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = clients.consumer(
+        bootstrap,
         group_id=None,
         enable_auto_commit=False,
         request_timeout_ms=int(request_s * 1000),
@@ -172,7 +173,7 @@ async def _bounds(bootstrap: str, topic: str, request_s: float) -> dict[TopicPar
         await consumer.stop()  # also after a failed start: no unclosed-consumer warning
 
 
-async def _read(bootstrap: str, topic: str, query: Query, window: int, max_wait: float) -> list[AuditEntry]:
+async def _read(bootstrap: clients.Kafka, topic: str, query: Query, window: int, max_wait: float) -> list[AuditEntry]:
     bounds = await _bounds(bootstrap, topic, max_wait)
     if not bounds:
         return []
@@ -189,7 +190,7 @@ async def _read(bootstrap: str, topic: str, query: Query, window: int, max_wait:
 
 
 async def read_audit(
-    bootstrap: str, topic: str, query: Query, *, max_wait: float = 30.0, window: int | None = None
+    bootstrap: clients.Kafka, topic: str, query: Query, *, max_wait: float = 30.0, window: int | None = None
 ) -> list[AuditEntry]:
     """The audit records ``query`` asks for, oldest first. Raises AuditUnavailable when Kafka
     cannot be reached or the reading takes longer than ``max_wait`` seconds."""

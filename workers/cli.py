@@ -11,25 +11,101 @@ from typing import Any
 import click
 
 from workers.errors import StartupError
-from workers.settings import Settings
+from workers.settings import Settings, SettingsError, explain, load_settings
 
 log = logging.getLogger("seqguard")
 
 
-@click.group()
+class _Seqguard(click.Group):
+    """Every command: bad settings or an unreachable dependency are one line on stderr and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return super().invoke(ctx)
+        except (SettingsError, StartupError) as exc:
+            click.echo(f"seqguard: {exc}", err=True)
+            sys.exit(2)
+        except ValidationError as exc:  # a direct Settings() (not load_settings): still one line
+            if exc.title != Settings.__name__:
+                raise
+            click.echo(f"seqguard: {'; '.join(explain(exc))}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Seqguard)
+@click.version_option(package_name="seqguard", prog_name="seqguard", message="%(prog)s %(version)s")
 def main() -> None:
     """seqguard: ordered, once-only processing of Kafka event streams per aggregate."""
+
+
+async def reach_kafka(settings: Settings) -> None:
+    """One metadata request to the bootstrap servers within startup_timeout, or StartupError naming them."""
+    from aiokafka.errors import KafkaError
+
+    from workers.kafka.clients import admin as kafka_admin  # the cluster's TLS/SASL options
+
+    timeout = settings.startup_timeout
+    try:
+        admin = kafka_admin(settings, request_timeout_ms=int(timeout * 1000))
+    except (OSError, ValueError) as exc:  # a certificate or key that cannot be loaded
+        raise StartupError(f"cannot set up a Kafka client for {settings.bootstrap_servers}: {exc}") from exc
+    try:
+        async with asyncio.timeout(timeout):  # one deadline for connecting and the answer
+            await admin.start()
+            await admin.describe_cluster()
+    except TimeoutError as exc:
+        raise StartupError(f"cannot reach Kafka at {settings.bootstrap_servers}: no answer in {timeout:g}s") from exc
+    except (OSError, KafkaError) as exc:
+        raise StartupError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+class _LastWarning(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = record.getMessage()
+
+
+async def check_kafka(settings: Settings) -> None:
+    """Reach Kafka (and create topics), or one StartupError carrying aiokafka's own reason.
+
+    aiokafka logs why a connection failed (refused, TLS, SASL) and raises only "unable to
+    bootstrap": its lines are held back here and the last one joins the StartupError's line."""
+    from workers.kafka.topics import ensure_topics
+
+    logger, last = logging.getLogger("aiokafka"), _LastWarning()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(last)
+    try:
+        if settings.create_topics:
+            await ensure_topics(settings)  # reaches Kafka itself: the same StartupError when it cannot
+        else:
+            await reach_kafka(settings)  # topics made by someone else: Kafka must still answer
+    except StartupError as exc:
+        raise StartupError(f"{exc} ({last.message})" if last.message else str(exc)) from exc
+    finally:
+        logger.removeHandler(last)
+        logger.propagate = propagate
 
 
 async def startup_checks(settings: Settings) -> None:
     """Reach Kafka (and create topics) and Redis, or raise StartupError."""
     from redis.asyncio import Redis
 
-    from workers.kafka.topics import ensure_topics
-
-    if settings.create_topics:
-        await ensure_topics(settings)
-    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=settings.startup_timeout)
+    await check_kafka(settings)
+    timeout = settings.startup_timeout  # a Redis that accepts but never answers must not hang start-up either
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        **settings.redis_ssl_options,  # rediss:// with a private CA
+    )
     try:
         await redis.ping()
     except Exception as exc:
@@ -46,7 +122,7 @@ def worker(loglevel: str | None, web_port: int | None) -> None:
     overrides: dict[str, Any] = {}
     if web_port is not None:
         overrides["web_port"] = web_port
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
     level = (loglevel or settings.log_level).upper()
     from workers import logs
 
@@ -74,7 +150,7 @@ def config(markdown: bool, as_json: bool) -> None:
     if markdown:
         click.echo(markdown_table())
         return
-    values = effective(Settings())
+    values = effective(load_settings())
     if as_json:
         click.echo(json.dumps(values, indent=2))
         return
@@ -89,7 +165,7 @@ def policies(as_json: bool) -> None:
     """Per event type: ordering, gap policy, retries and DLQ auto-replay."""
     from workers.policies_view import policy_rows
 
-    rows = policy_rows(Settings())
+    rows = policy_rows(load_settings())
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -119,6 +195,9 @@ def _register_operator_commands() -> None:
     main.add_command(aggregates)
     main.add_command(scan)
     main.add_command(audit)
+    from workers.cli_broker import broker
+
+    main.add_command(broker)  # the embedded broker on its own
     from workers.cli_inspect import COMMANDS as INSPECT_COMMANDS
 
     for command in INSPECT_COMMANDS:  # gaps, aggregate, verify: ask the workers

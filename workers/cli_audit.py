@@ -10,7 +10,8 @@ import sys
 import click
 
 from workers.audit import AuditUnavailable, Query, line, parse_since, read_audit
-from workers.settings import Settings
+from workers.kafka import clients
+from workers.settings import load_settings
 
 KINDS = ("gap_skipped", "gap_parked", "resolved", "resolve_refused", "replayed", "malformed")
 
@@ -38,14 +39,14 @@ def audit(
 
     Without --since it shows the last 50; with --since, everything since then (up to --limit).
     """
-    settings = Settings()
+    settings = load_settings()
     if limit is None:
         limit = None if since is not None else 50
     query = Query(frozenset(kinds), aggregate, since, limit or None)
     # aiokafka logs each failed connection attempt itself; the one line below says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        entries = asyncio.run(read_audit(settings.bootstrap_servers, settings.audit_topic, query, max_wait=timeout))
+        entries = asyncio.run(read_audit(clients.kafka(settings), settings.audit_topic, query, max_wait=timeout))
     except AuditUnavailable as exc:
         click.echo(f"seqguard audit: {exc}", err=True)
         sys.exit(2)

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import click
 
 from tables.inspect import MAX_PAGE, ranges_text, sort_key
-from workers.settings import Settings
+from workers.settings import Settings, load_settings
 
 EXIT_CLEAR, EXIT_HELD, EXIT_UNANSWERED = 0, 1, 2
 REQUEST_TIMEOUT = 10.0
@@ -286,7 +286,7 @@ def gaps(url: str | None, wait: float, as_json: bool) -> None:
     """Aggregates parked or waiting on a gap, on every worker, the longest waiting first.
 
     Exit status 0, or 2 if a worker could not be asked (the list is then incomplete)."""
-    found = survey(url or default_url(Settings()), wait)
+    found = survey(url or default_url(load_settings()), wait)
     held = found.oldest_first()
     if as_json:
         click.echo(json.dumps(found.as_json(), indent=2))
@@ -312,7 +312,7 @@ def aggregate(aggregate_id: str, url: str | None, wait: float, as_json: bool) ->
     """One aggregate's state, from the worker that owns it (any worker redirects there).
 
     Exit status 0; 1 if no worker holds state for it; 2 if its owner could not be asked."""
-    start = (url or default_url(Settings())).rstrip("/")
+    start = (url or default_url(load_settings())).rstrip("/")
     try:
         status, body = ask(f"{start}/aggregates/{quote(aggregate_id, safe='')}", wait)
     except Unanswered as exc:
@@ -341,7 +341,7 @@ def verify(url: str | None, wait: float, as_json: bool) -> None:
 
     Exit status 0 if none on any worker; 1 if some (listed with what each waits for);
     2 if a worker could not be asked or a partition was reported by none (never "all clear")."""
-    found = survey(url or default_url(Settings()), wait)
+    found = survey(url or default_url(load_settings()), wait)
     held = found.oldest_first()
     code = EXIT_UNANSWERED if not found.complete else EXIT_HELD if held else EXIT_CLEAR
     if as_json:

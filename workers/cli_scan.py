@@ -37,8 +37,9 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from tables.scan import Observation, Report, Scanner, SinceGate, parse_since
 from workers.envelope import decode
 from workers.errors import DecodeError, StartupError
+from workers.kafka import clients
 from workers.kafka.read import POLL_MS, _partitions
-from workers.settings import Settings
+from workers.settings import Settings, load_settings
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -117,11 +118,11 @@ def _read_any_header_key() -> None:
 
 
 async def scan_topic(
-    bootstrap: str, topic: str, feed: Feeder, *, since: float | None, silence: float
+    bootstrap: clients.Kafka, topic: str, feed: Feeder, *, since: float | None, silence: float
 ) -> dict[int, PartitionRead]:
     """Read ``topic`` to the end it had when the scan began, feeding every record to ``feed``."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = clients.consumer(
+        bootstrap,
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=100,
@@ -313,7 +314,7 @@ def scan(
     undecodable records), 2 usage or connection error.
     """
     try:
-        settings = Settings()
+        settings = load_settings()
         since_at = None if since is None else parse_since(since, time.time())
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
         _fail(str(exc).splitlines()[0])
@@ -321,7 +322,7 @@ def scan(
     logging.getLogger("workers.kafka.patches").setLevel(logging.ERROR)  # a bad header key is reported below
     _read_any_header_key()
     feed = Feeder(Scanner(), settings, aggregate, SinceGate(since_at))
-    servers = bootstrap or settings.bootstrap_servers
+    servers = clients.kafka(settings, servers=bootstrap)  # --bootstrap keeps the security settings
     try:
         asyncio.run(scan_topic(servers, topic, feed, since=since_at, silence=timeout))
     except ScanError as exc:

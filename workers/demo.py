@@ -21,10 +21,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from workers.envelope import encode_binary, encode_structured
+from workers.kafka import clients
 from workers.kafka.embedded import free_port, start_broker, wait_for_port
 from workers.kafka.read import read_to_end
 from workers.settings import Settings
@@ -142,7 +142,7 @@ async def _demo(aggregates: int, seed: int, workdir: Path) -> int:
         sent = records + dups
         rng.shuffle(sent)
         sent.append((b"order-bad", [("content-type", b"application/cloudevents+json")], b"{not json"))
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        producer = clients.producer(broker.bootstrap)  # the embedded broker: PLAINTEXT
         await producer.start()
         for key, headers, value in sent:
             await producer.send(settings.input_topic, value, key=key, headers=headers)

@@ -64,4 +64,5 @@ def redis_client(settings: Settings) -> Redis:
         socket_timeout=settings.redis_socket_timeout,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), settings.redis_retries),
         health_check_interval=settings.redis_health_check_interval,
+        **settings.redis_ssl_options,  # rediss:// with a private CA
     )

@@ -1,8 +1,11 @@
 """CloudEvents 1.0 over Kafka (the Kafka protocol binding), decoded from raw bytes.
 
-Both modes are accepted:
-* structured: the value is the whole event as JSON (content type application/cloudevents+json);
-* binary: context attributes in ``ce_*`` headers, the value is the data.
+Both modes are accepted, told apart by one rule:
+* binary: a ``ce_specversion`` header; context attributes in ``ce_*`` headers, the value is the data;
+* structured: otherwise; the value is the whole event as a JSON object with ``specversion``,
+  whatever the ``content-type`` header says, or without one. The binding names
+  application/cloudevents+json, but real producers send application/json (the Python SDK 1.x
+  API writes the data's content type there) or no header at all (cloudevents/spec#812).
 
 seqguard decodes raw bytes itself, so a bad record becomes a DecodeError that the worker
 dead-letters, instead of an error inside Faust (which would ack it and lose it).
@@ -128,16 +131,16 @@ def _binary_attributes(value: bytes | None, hmap: dict[str, bytes | None]) -> di
     return attrs
 
 
-def _structured_attributes(value: bytes | None, hmap: dict[str, bytes | None]) -> dict[str, Any]:
-    """Structured mode: the value is the whole event as a JSON object."""
+def _structured_attributes(value: bytes | None) -> dict[str, Any]:
+    """Structured mode: the value is the whole event as a JSON object. Its content-type is not
+    read: a JSON object with ``specversion`` is the event whatever the header says."""
     if value is None:
         raise DecodeError("empty record: no value and no ce_ headers")
-    ctype = hmap.get("content-type")
-    if ctype is not None and not _text(ctype, "content-type").startswith(STRUCTURED_CONTENT_TYPE):
-        raise DecodeError(f"content-type {ctype[:60]!r} is neither structured CloudEvents nor binary mode")
     doc = _load_json(value, "structured event")
     if not isinstance(doc, dict):
         raise DecodeError(f"structured event is a JSON {type(doc).__name__}, not an object")
+    if "specversion" not in doc:
+        raise DecodeError("not a CloudEvent: no specversion in the value nor a ce_specversion header")
     return doc
 
 
@@ -145,7 +148,7 @@ def _attributes(value: bytes | None, hmap: dict[str, bytes | None]) -> tuple[dic
     """The event's attributes (data included under ``data``), and whether it came in binary mode."""
     if "ce_specversion" in hmap:
         return _binary_attributes(value, hmap), True
-    return _structured_attributes(value, hmap), False
+    return _structured_attributes(value), False
 
 
 def _check_context(attrs: dict[str, Any]) -> None:

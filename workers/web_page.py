@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from workers.audit import AuditEntry, Query, read_audit
 from workers.dlq.replay import Filters, load_plan
 from workers.inspect import held_views
+from workers.kafka import clients
 from workers.settings import Settings
 from workers.web_page_template import HEADERS, PageData, Reading, page
 
@@ -143,7 +144,7 @@ class OperatorPage:
 
         async def audit_tail() -> list[AuditEntry]:
             query = Query(limit=AUDIT_ROWS)
-            return await read_audit(settings.bootstrap_servers, settings.audit_topic, query, max_wait=AUDIT_TIMEOUT)
+            return await read_audit(clients.kafka(settings), settings.audit_topic, query, max_wait=AUDIT_TIMEOUT)
 
         self.audit = Background(audit_tail, AUDIT_EVERY, AUDIT_TIMEOUT)
         self.dlq = Background(lambda: in_thread(lambda: dlq_waiting(settings), DLQ_TIMEOUT), DLQ_EVERY, DLQ_TIMEOUT)

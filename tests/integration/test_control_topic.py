@@ -166,7 +166,7 @@ async def test_replay_of_a_record_with_forged_origin_goes_back_to_the_input_topi
         shown = json.loads(run_cli(deployment, "dlq", "show", "--json").stdout)
         assert {row["original-topic"] for row in shown} == {settings.input_topic}  # the claim is not believed
 
-        result = json.loads(run_cli(deployment, "dlq", "replay", "--json").stdout)
+        result = json.loads(run_cli(deployment, "dlq", "replay", "--all", "--json").stdout)
         assert result["republished"] == 2
 
         # Back in the input topic (each aggregate: its original record, then the replay) ...

@@ -87,7 +87,7 @@ async def test_failed_progress_parks_build_until_replay_applies_it_in_order(brok
         assert dry["to_replay"] == 1 and dry["republished"] == 0
 
         await redis.delete(fail_flag(settings.redis_prefix, build))  # the build service is back
-        first = seqguard(deployment, "dlq", "replay")
+        first = seqguard(deployment, "dlq", "replay", "--all")
         assert first["republished"] == 1
 
         out = await consume_all(broker.bootstrap, settings.output_topic, expect=8, timeout=30)
@@ -101,7 +101,7 @@ async def test_failed_progress_parks_build_until_replay_applies_it_in_order(brok
         assert await effects.state("build", build) == "service_created"
         assert worker.state()[build]["p"] is None
 
-        second = seqguard(deployment, "dlq", "replay")
+        second = seqguard(deployment, "dlq", "replay", "--all")
         assert second["republished"] == 0 and second["already_replayed"] == 1
         await asyncio.sleep(2)
         assert len(await consume_all(broker.bootstrap, settings.output_topic, expect=8, timeout=10)) == 8
@@ -162,7 +162,7 @@ async def test_refailing_replay_returns_to_dlq_with_count_and_stops_at_the_limit
             assert len(dlq) == expected_records
             counts = sorted(int(dict(r.headers)["seqguard-replay-count"]) for r in dlq)
             assert counts == list(range(expected_records))
-            result = seqguard(deployment, "dlq", "replay")
+            result = seqguard(deployment, "dlq", "replay", "--all")
             assert result["republished"] == (1 if expected_records < 3 else 0)
         assert result["over_replay_limit"] == 1  # left for an operator, not looped forever
         first_failures = {dict(r.headers)["seqguard-first-failure"] for r in dlq}

@@ -123,7 +123,7 @@ async def test_duplicates_and_dlq_replays_run_each_effect_once_and_project_as_on
         timeout=120,
         what=f"{failing} events dead-lettered after their effects",
     )
-    replay = json.loads(run_cli(d, "dlq", "replay", "--json", SEQGUARD_DOMAINS=DOMAINS).stdout)
+    replay = json.loads(run_cli(d, "dlq", "replay", "--all", "--json", SEQGUARD_DOMAINS=DOMAINS).stdout)
     assert replay["republished"] == failing, replay
     out = await consume_all(broker.bootstrap, settings.output_topic, expect=n * STEPS, timeout=120)
     assert all(seqs == list(range(1, STEPS + 1)) for seqs in sequences_by_aggregate(out).values())

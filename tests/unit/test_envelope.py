@@ -325,7 +325,14 @@ def test_json_scalar_is_rejected() -> None:
 
 
 def test_missing_specversion_is_rejected() -> None:
-    rejects("missing or empty CloudEvents attribute 'specversion'", KEY, structured_value(specversion=DROP), CE)
+    message = "not a CloudEvent: no specversion in the value nor a ce_specversion header"
+    rejects(message, KEY, structured_value(specversion=DROP), CE)
+    rejects(message, KEY, structured_value(specversion=DROP), [("content-type", b"application/json")])
+    rejects(message, KEY, structured_value(specversion=DROP), None)
+
+
+def test_empty_specversion_is_rejected() -> None:
+    rejects("missing or empty CloudEvents attribute 'specversion'", KEY, structured_value(specversion=""), None)
 
 
 def test_missing_type_is_rejected() -> None:
@@ -395,13 +402,24 @@ def test_empty_record_without_ce_headers_is_rejected() -> None:
     rejects("empty record: no value and no ce_ headers", KEY, None, [("traceparent", b"00-abc")])
 
 
-def test_content_type_neither_structured_nor_binary_is_rejected() -> None:
-    rejects(
-        "content-type b'application/json' is neither structured CloudEvents nor binary mode",
-        KEY,
-        structured_value(),
-        [("content-type", b"application/json")],
-    )
+def test_structured_event_is_accepted_whatever_its_content_type() -> None:
+    # Real producers label structured events application/json (the SDK's 1.x API) or anything else.
+    for ctype in (b"application/json", b"application/json; charset=utf-8", b"text/plain", b"application/avro"):
+        env = decode(KEY, structured_value(), [("content-type", ctype)])
+        assert env.binary is False and env.id == "evt-1" and env.data == {"total": 5}
+
+
+def test_json_object_without_specversion_is_not_an_event_whatever_its_content_type() -> None:
+    value = json.dumps({"id": "1", "source": "s", "type": "t", "total": 5}).encode()
+    for headers in ([("content-type", b"application/json")], CE, None):
+        rejects("not a CloudEvent", KEY, value, headers)
+
+
+def test_ce_headers_without_ce_specversion_do_not_make_binary_mode() -> None:
+    # Binary mode is the ce_specversion header; a stray ce_type alone leaves a structured value.
+    env = decode(KEY, structured_value(), [("ce_type", b"other"), ("content-type", b"application/json")])
+    assert env.binary is False and env.type == "order.created"
+    rejects("not a CloudEvent", KEY, b'{"total": 5}', [("ce_type", b"t"), ("ce_source", b"s"), ("ce_id", b"1")])
 
 
 def test_data_base64_is_rejected() -> None:
@@ -489,10 +507,11 @@ def test_ce_header_value_not_utf8_is_a_decode_error_not_a_unicode_error() -> Non
     assert not isinstance(error, UnicodeError)
 
 
-def test_content_type_not_utf8_is_rejected_in_both_modes() -> None:
-    rejects("content-type is not UTF-8", KEY, structured_value(), [("content-type", b"\xff")])
+def test_content_type_not_utf8_is_rejected_in_binary_mode_and_ignored_in_structured_mode() -> None:
     headers, value = encode_binary(attrs())
     rejects("content-type is not UTF-8", KEY, value, [*headers, ("content-type", b"\xff")])
+    # Structured mode does not read the content-type (the value says what it is).
+    assert decode(KEY, structured_value(), [("content-type", b"\xff")]).id == "evt-1"
 
 
 def test_json_integer_too_long_to_convert_is_rejected() -> None:
@@ -672,3 +691,90 @@ def test_encoded_events_decode_to_the_same_attributes(
 def test_canonical_data_id_ignores_key_order(data) -> None:
     reordered = dict(reversed(list(data.items())))
     assert canonical_data_id(reordered) == canonical_data_id(data)
+
+
+# --------------------------------------------------------------------------- events made by the CloudEvents SDK
+# The Python SDK's 1.x API (cloudevents.kafka; cloudevents.v1.kafka in 2.x) writes a structured
+# event's datacontenttype into the content-type header (application/json), or no header at all
+# (sdk-python#238); its 2.x core API writes application/cloudevents+json. All are structured.
+
+
+def sdk_v1() -> tuple[Any, Any, Any]:
+    """CloudEvent, to_structured and to_binary of the SDK's 1.x API, under either package layout."""
+    try:
+        from cloudevents.v1.http import CloudEvent
+        from cloudevents.v1.kafka import to_binary, to_structured
+    except ImportError:  # cloudevents < 2
+        from cloudevents.http import CloudEvent  # type: ignore[no-redef]
+        from cloudevents.kafka import to_binary, to_structured  # type: ignore[no-redef]
+    return CloudEvent, to_structured, to_binary
+
+
+def as_record(message: Any) -> tuple[bytes | None, list[tuple[str, bytes]], bytes]:
+    """An SDK KafkaMessage as aiokafka hands a record over: bytes key, a list of header tuples."""
+    key = message.key.encode() if isinstance(message.key, str) else message.key
+    return key, list(message.headers.items()), message.value
+
+
+SDK_ATTRS = {"type": "order.paid", "source": "shop/orders", "id": "sdk-1", "partitionkey": "order-9"}
+
+
+def test_sdk_v1_structured_event_labelled_application_json_is_decoded() -> None:
+    cloud_event, to_structured, _ = sdk_v1()
+    event = cloud_event({**SDK_ATTRS, "sequence": 3, "datacontenttype": "application/json"}, {"amount": 5})
+    key, headers, value = as_record(to_structured(event))
+    assert headers == [("content-type", b"application/json")]  # what the SDK really sends
+    env = decode(key, value, headers)
+    assert (env.binary, env.id, env.type, env.aggregate_id) == (False, "sdk-1", "order.paid", "order-9")
+    assert (env.sequence, env.data) == (3, {"amount": 5})
+
+
+def test_sdk_v1_structured_event_without_content_type_is_decoded() -> None:
+    cloud_event, to_structured, _ = sdk_v1()
+    key, headers, value = as_record(to_structured(cloud_event({**SDK_ATTRS, "sequence": 4}, {"amount": 6})))
+    assert headers == []
+    env = decode(key, value, headers)
+    assert (env.binary, env.sequence, env.data) == (False, 4, {"amount": 6})
+
+
+def test_sdk_v1_binary_event_is_decoded() -> None:
+    cloud_event, _, to_binary = sdk_v1()
+    # The 1.x API writes header values with str.encode: extensions must be strings.
+    event = cloud_event({**SDK_ATTRS, "sequence": "5", "datacontenttype": "application/json"}, {"amount": 7})
+    key, headers, value = as_record(to_binary(event))
+    env = decode(key, value, headers)
+    assert (env.binary, env.id, env.aggregate_id) == (True, "sdk-1", "order-9")
+    assert (env.sequence, env.data) == (5, {"amount": 7})
+
+
+def sdk_core() -> tuple[Any, Any, Any]:
+    pytest.importorskip("cloudevents.core.bindings.kafka", reason="the SDK's core API (cloudevents >= 2)")
+    from cloudevents.core.bindings import kafka
+    from cloudevents.core.formats.json import JSONFormat
+    from cloudevents.core.v1.event import CloudEvent
+
+    return CloudEvent, kafka, JSONFormat()
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+def test_sdk_core_events_are_decoded_as_the_sdk_reads_them(mode: str) -> None:
+    cloud_event, kafka, fmt = sdk_core()
+    event = cloud_event(
+        attributes={**SDK_ATTRS, "sequence": 6, "datacontenttype": "application/json"}, data={"amount": 8}
+    )
+    message = (kafka.to_structured if mode == "structured" else kafka.to_binary)(event, fmt)
+    key, headers, value = as_record(message)
+    env = decode(key, value, headers)
+    back = kafka.from_kafka(message, fmt)  # the SDK's own reading of the same record
+    assert env.binary is (mode == "binary")
+    assert (env.id, env.source, env.type) == (back.get_id(), back.get_source(), back.get_type())
+    assert env.aggregate_id == "order-9" and env.sequence == 6 and env.data == back.get_data() == {"amount": 8}
+
+
+@settings(max_examples=200, deadline=None)
+@given(content_type=st.one_of(st.none(), st.binary(max_size=40), HEADER_VALUES), sequence=st.integers(1, 1_000))
+def test_a_structured_event_decodes_the_same_whatever_its_content_type(content_type, sequence) -> None:
+    value = structured_value(sequence=sequence)
+    reference = decode(KEY, value, None)
+    env = decode(KEY, value, [("content-type", content_type)])
+    assert (env.id, env.sequence, env.data, env.binary) == (reference.id, sequence, reference.data, False)

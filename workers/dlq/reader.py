@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaProducer
 
 from workers.dlq.records import DeadLetter
+from workers.kafka import clients
 from workers.kafka.read import read_to_end
 from workers.settings import Settings
 
@@ -66,7 +67,7 @@ def runs_of(letters: Iterable[DeadLetter]) -> list[tuple[int, int, int]]:
 
 async def read_dead_letters(settings: Settings) -> tuple[list[DeadLetter], Replayed]:
     """The DLQ's records and the places already replayed."""
-    bootstrap = settings.bootstrap_servers
+    bootstrap = clients.kafka(settings)  # one TLS context for both reads
     records, marks = await asyncio.gather(
         read_to_end(bootstrap, settings.dlq, quiet=IDLE_TIMEOUT, fetch_wait_ms=100),
         read_to_end(bootstrap, settings.markers_topic, quiet=IDLE_TIMEOUT, fetch_wait_ms=100),

@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from workers.dlq.reader import read_dead_letters, write_markers
 from workers.dlq.records import DeadLetter
+from workers.kafka import clients
 from workers.settings import Settings
 
 
@@ -153,6 +154,50 @@ async def write_audit(
         await fut
 
 
+class _Pace:
+    """The rate limit over a whole replay: sleep whenever the records sent run ahead of it."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.sent, self.started = rate, 0, time.monotonic()
+
+    def ahead(self) -> float:
+        """Seconds to wait after one more record (0: none)."""
+        self.sent += 1
+        return max(0.0, self.sent / self.rate - (time.monotonic() - self.started)) if self.rate else 0.0
+
+
+async def _republish(producer: AIOKafkaProducer, part: list[DeadLetter], settings: Settings, pace: _Pace) -> None:
+    """Send ``part`` in order and wait until the broker acknowledged all of it."""
+    futures: list[Any] = []
+    builders: dict[tuple[str, int], Any] = {}
+
+    async def send_batches() -> None:
+        for (topic, partition), builder in builders.items():
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+        builders.clear()
+
+    for letter in part:
+        topic, partition = target(letter, settings)
+        if partition is None:  # routed again by key: let the producer's partitioner choose
+            futures.append(await producer.send(topic, letter.value, key=letter.key, headers=letter.replay_headers()))
+        else:
+            builder = builders.get((topic, partition)) or producer.create_batch()
+            args = {"timestamp": letter.original_timestamp, "key": letter.key, "value": letter.value}
+            if builder.append(**args, headers=letter.replay_headers()) is None:  # full: send it
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+                builder = producer.create_batch()
+                builder.append(**args, headers=letter.replay_headers())
+            builders[(topic, partition)] = builder
+        wait = pace.ahead()
+        if wait > 0:
+            await send_batches()
+            await asyncio.sleep(wait)
+    await send_batches()
+    await producer.flush()
+    for fut in futures:
+        await fut
+
+
 async def execute(
     settings: Settings,
     plan: Plan,
@@ -161,54 +206,39 @@ async def execute(
     by: str = BY_OPERATOR,
     chunk: int = 5_000,
     operator: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_chunk: Callable[[list[DeadLetter]], None] | None = None,
 ) -> int:
-    """Republish the plan in order; audit each acknowledged chunk, then mark it replayed. Returns the count.
+    """Republish the plan in order, a chunk at a time; audit each acknowledged chunk, then mark
+    it replayed. Returns how many records were republished, audited and marked.
 
     Records are appended to one batch per target partition (aiokafka keeps one batch in
     flight per partition, so each partition's order is the plan's order). The audit names
     ``operator``, else SEQGUARD_OPERATOR for an operator's replay (``by`` BY_OPERATOR). It goes
     before the markers: a crash between them re-replays (duplicates), never leaves a replay unaudited.
+
+    ``should_stop`` is asked before each chunk (the DLQ agent's SIGTERM): a chunk is started only
+    to be finished, so a stop leaves every chunk either republished, audited and marked, or not
+    sent at all. Only a crash inside a chunk leaves it sent but unmarked: it is replayed again,
+    and the worker takes the second copy as a duplicate (seen event IDs, then the sequence; the
+    effect ledger for effects). ``on_chunk`` is told of each chunk once it is marked.
     """
     operator = operator_of(settings, by, operator)
-    rate = settings.replay_rate if rate is None else rate
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
-    await producer.start()
-    sent = 0
-    started = time.monotonic()
+    pace = _Pace(settings.replay_rate if rate is None else rate)
+    producer = clients.producer(settings, acks="all")
+    done = 0
     try:
+        await producer.start()  # in the try: stopped after a failed start too (no "Unclosed AIOKafkaProducer")
         for i in range(0, len(plan.replay), chunk):
+            if should_stop is not None and should_stop():
+                break
             part = plan.replay[i : i + chunk]
-            futures: list[Any] = []
-            builders: dict[tuple[str, int], Any] = {}
-            for letter in part:
-                topic, partition = target(letter, settings)
-                if partition is None:  # routed again by key: let the producer's partitioner choose
-                    futures.append(
-                        await producer.send(topic, letter.value, key=letter.key, headers=letter.replay_headers())
-                    )
-                else:
-                    builder = builders.get((topic, partition)) or producer.create_batch()
-                    args = {"timestamp": letter.original_timestamp, "key": letter.key, "value": letter.value}
-                    if builder.append(**args, headers=letter.replay_headers()) is None:  # full: send it
-                        futures.append(await producer.send_batch(builder, topic, partition=partition))
-                        builder = producer.create_batch()
-                        builder.append(**args, headers=letter.replay_headers())
-                    builders[(topic, partition)] = builder
-                sent += 1
-                if rate:
-                    ahead = sent / rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        for (topic, partition), builder in builders.items():
-                            futures.append(await producer.send_batch(builder, topic, partition=partition))
-                        builders.clear()
-                        await asyncio.sleep(ahead)
-            for (topic, partition), builder in builders.items():
-                futures.append(await producer.send_batch(builder, topic, partition=partition))
-            await producer.flush()
-            for fut in futures:
-                await fut
+            await _republish(producer, part, settings, pace)
             await write_audit(producer, settings.audit_topic, part, by, operator)
             await write_markers(producer, settings.markers_topic, part, by)
+            done += len(part)
+            if on_chunk is not None:
+                on_chunk(part)
     finally:
         await producer.stop()
-    return sent
+    return done

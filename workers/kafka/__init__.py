@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from workers.errors import StartupError
 
 if TYPE_CHECKING:
+    from workers.kafka.clients import Kafka
     from workers.kafka.delivery import Delivery
 
 #: The versions the patches were written against (pinned in pyproject.toml).
@@ -38,8 +39,8 @@ class Hooks:
     delivery: Delivery
     #: aiokafka's fetch wait; Faust fixes 1500 ms, the embedded broker's latency floor.
     fetch_max_wait_ms: int | None = None
-    #: Bootstrap servers for the changelog-end probe; None trusts ListOffsets "latest".
-    bootstrap: str | None = None
+    #: Where (and how) the changelog-end probe connects; None trusts ListOffsets "latest".
+    bootstrap: Kafka | None = None
 
 
 def check_versions(version: Callable[[str], str] = importlib.metadata.version) -> None:

@@ -44,6 +44,7 @@ from aiokafka.record.util import decode_varint
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from workers.kafka import hooks_of
+from workers.kafka.clients import Target
 from workers.kafka.read import read_to_end
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def install() -> None:
     thread_cls._seqguard_patched = True  # type: ignore[attr-defined]
 
 
-async def fetched_highwaters(bootstrap: str, ends: Mapping[Any, int], wait: float = 10.0) -> dict[Any, int]:
+async def fetched_highwaters(bootstrap: Target, ends: Mapping[Any, int], wait: float = 10.0) -> dict[Any, int]:
     """The high-water mark of each partition, as a fetch from just before ``ends`` reports it."""
     if not ends:
         return {}

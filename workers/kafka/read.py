@@ -17,6 +17,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from workers.kafka import clients
+
 POLL_MS = 200
 
 
@@ -27,7 +29,7 @@ class TopicRead:
 
 
 async def read_to_end(
-    bootstrap: str,
+    bootstrap: clients.Target,
     source: str | Mapping[TopicPartition, int],
     *,
     expect: int | None = None,
@@ -45,11 +47,11 @@ async def read_to_end(
     ``max_wait`` s (with the records read so far). ``topic_wait``: how long to wait for a
     topic that does not exist yet.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=fetch_wait_ms
+    consumer = clients.consumer(
+        bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=fetch_wait_ms
     )
-    await consumer.start()
     try:
+        await consumer.start()  # in the try: stopped after a failed start too (no "Unclosed AIOKafkaConsumer")
         if isinstance(source, str):
             tps = await _partitions(consumer, source, topic_wait)
             if not tps:

@@ -2,7 +2,9 @@
 
 Kafka clusters often disable auto-creation, and the embedded broker auto-creates any
 topic a metadata request names with 4 partitions (docs/embedded-broker.md): either way,
-waiting for a consumer to create a topic gets the partition count wrong. A broker that
+waiting for a consumer to create a topic gets the partition count wrong. Retention
+(SEQGUARD_DLQ_RETENTION, SEQGUARD_AUDIT_RETENTION) is set only here, at creation: an existing
+topic keeps its configuration (change it with kafka-configs.sh --alter). A broker that
 cannot be reached here is a StartupError: the worker exits instead of running silently.
 """
 
@@ -12,17 +14,29 @@ import asyncio
 import logging
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError
 
 from workers.errors import StartupError
+from workers.kafka import clients
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TABLES = ("state",)
 COMPACT = {"cleanup.policy": "compact"}
-LONG_RETENTION = {"retention.ms": str(30 * 86_400_000)}
+
+
+def retention(seconds: float) -> dict[str, str]:
+    """``retention.ms`` of a delete-policy topic: -1 keeps records for ever."""
+    return {"retention.ms": "-1" if seconds == -1 else str(max(1, round(seconds * 1000)))}
+
+
+def dlq_configs(settings: Settings) -> dict[str, str]:
+    """The DLQ keeps a record until it is replayed or resolved: a strict aggregate parked longer
+    than a time limit would lose the only copy of its failed event. No size limit either, so a
+    cluster default ``log.retention.bytes`` cannot delete records behind seqguard's back."""
+    return {**retention(settings.dlq_retention), "retention.bytes": "-1"}
 
 
 def wanted_topics(settings: Settings) -> list[NewTopic]:
@@ -34,8 +48,8 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
         # so an aggregate's commands reach the worker that owns its input partition.
         NewTopic(settings.control_topic, n, rf),
         NewTopic(settings.output_topic, n, rf),
-        NewTopic(settings.dlq, n, rf, topic_configs=LONG_RETENTION),
-        NewTopic(settings.audit_topic, 1, rf, topic_configs=LONG_RETENTION),
+        NewTopic(settings.dlq, n, rf, topic_configs=dlq_configs(settings)),
+        NewTopic(settings.audit_topic, 1, rf, topic_configs=retention(settings.audit_retention)),
         NewTopic(settings.markers_topic, 1, rf, topic_configs=COMPACT),
         # Faust's leader-election topic: one partition, as Faust itself declares it.
         NewTopic(settings.assignor_leader_topic, 1, rf),
@@ -61,9 +75,7 @@ def _check_created(response: Any) -> None:
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics; return their names. Raises StartupError if Kafka is unreachable."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(settings.startup_timeout * 1000)
-    )
+    admin = clients.admin(settings, request_timeout_ms=int(settings.startup_timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), settings.startup_timeout)
         existing = set(await asyncio.wait_for(admin.list_topics(), settings.startup_timeout))
