@@ -122,6 +122,8 @@ async def _demo(aggregates: int, seed: int, workdir: Path) -> int:
     broker = start_broker(log_path=str(workdir / "broker.log"))
     try:
         env = _demo_env(broker.url, workdir)
+        for name in [n for n in os.environ if n.startswith("SEQGUARD_KAFKA_")]:
+            del os.environ[name]  # the embedded broker speaks PLAINTEXT, whatever the user's cluster needs
         os.environ.update(env)
         os.environ["SEQGUARD_REDIS_URL"] = await _redis_url(Settings(), children)
         os.environ["SEQGUARD_REDIS_PREFIX"] = f"{env['SEQGUARD_APP_ID']}:"
