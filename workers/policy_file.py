@@ -3,7 +3,7 @@
     # policies.toml
     [types."order.paid"]
     ordering = "strict"          # unordered | warn | ordered | strict
-    gap_timeout = 10             # seconds
+    gap_timeout = "10s"          # seconds, or a duration: "10s", "5m", "1h"
     gap_policy = "park"          # skip | park (strict always parks)
     auto_replay = ["timeout_exceeded"]
     ledger_outage = "fail_open"  # effects of this type run unguarded while the ledger is down
@@ -27,13 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from tables.policy import GapPolicy, LedgerOutage, Ordering, Policy, PolicyBook
 from workers.errors import ERROR_CLASSES
 from workers.settings import Settings
+from workers.settings_types import Duration
 
 
 class TypePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ordering: Ordering | None = None
-    gap_timeout: float | None = Field(None, gt=0)
+    gap_timeout: Duration | None = Field(None, gt=0)  # seconds, or 30s, 5m, 24h
     gap_policy: GapPolicy | None = None
     auto_replay: list[str] | None = None
     ledger_outage: LedgerOutage | None = None

@@ -256,3 +256,11 @@ def test_the_reference_policy_file_gives_each_reference_type_a_strategy() -> Non
     for build_type in ("build.start", "build.progress", "build.complete"):
         assert book.for_type(build_type).auto_replay == frozenset({"timeout_exceeded"})
     assert book.for_type("order.paid").auto_replay == frozenset()
+
+
+def test_a_gap_timeout_in_the_policy_file_takes_a_duration(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('[types."a"]\ngap_timeout = "5m"\n[types."b"]\ngap_timeout = 7\n')
+    book = policy_book(Settings(policy_file=path))
+    assert book.for_type("a").gap_timeout == 300.0
+    assert book.for_type("b").gap_timeout == 7.0
