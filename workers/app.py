@@ -240,6 +240,8 @@ def _schedule_sweep(
             processor.clocks.clear()  # gap clocks start unknown with every assignment
 
     sources = (settings.input_topic, settings.repartition_topic)
+    # A seek moves positions back to records not read yet: the gap clocks start unknown again.
+    delivery.on_seek.append(processor.clocks.clear)
 
     @app.timer(settings.gap_check_interval)
     async def sweep() -> None:
@@ -250,7 +252,7 @@ def _schedule_sweep(
         seen = delivery.complete
 
         def complete_at(partition: int) -> dict[str, float | None]:
-            return progress.complete_at(seen, [(topic, partition) for topic in sources], at_start)
+            return progress.complete_at(seen, [(topic, partition) for topic in sources], at_start, delivery.seeks)
 
         def fence() -> str | None:
             if app.rebalancing or generation(consumer) != at_start:

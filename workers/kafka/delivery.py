@@ -74,6 +74,18 @@ class Delivery:
     #: Since when each ordered partition is read to its end (the gap clock's idle signal).
     complete: dict[progress.Place, progress.Complete] = field(default_factory=dict)
     fenced_batches: int = 0  # batches dropped by the fence before they wrote
+    #: Seeks of the stream partitions begun or ended (Faust seeks to the committed offsets after
+    #: every recovery, and a recovery can finish after the next rebalance began): what was
+    #: observed complete before a seek says nothing about the position after it.
+    seeks: int = 0
+    #: Called at every seek (the gap clocks start unknown again: app.py).
+    on_seek: list[Callable[[], None]] = field(default_factory=list)
+
+    def seeking(self) -> None:
+        self.seeks += 1
+        self.complete.clear()
+        for callback in self.on_seek:
+            callback()
 
 
 def fenced(
@@ -109,7 +121,20 @@ def install() -> None:
             return await original(self, fetcher)
         return await drain_in_batches(self, fetcher, hooks.delivery)
 
+    original_seek = cls.perform_seek
+
+    async def perform_seek(self: Any) -> None:
+        hooks = hooks_of(self.app)
+        if hooks is None:
+            return await original_seek(self)
+        hooks.delivery.seeking()  # observations made while it runs are void too
+        try:
+            return await original_seek(self)
+        finally:
+            hooks.delivery.seeking()
+
     cls._drain_messages = drain  # type: ignore[method-assign]
+    cls.perform_seek = perform_seek  # type: ignore[method-assign]
     cls._seqguard_batches = True  # type: ignore[attr-defined]
 
 
@@ -148,7 +173,7 @@ def _observe(consumer: Any, delivery: Delivery, fetch_generation: int) -> None:
     """Every record handed out so far is processed: record what is read to its end (not while
     a rebalance runs: the consumer's fetch state may still be the old assignment's)."""
     if consumer.flow_active and not consumer.app.rebalancing:
-        progress.observe(consumer, delivery.topics, fetch_generation, delivery.complete)
+        progress.observe(consumer, delivery.topics, fetch_generation, delivery.complete, delivery.seeks)
 
 
 async def _seek_back(consumer: Any) -> None:

@@ -25,14 +25,19 @@ Place = tuple[str, int]
 
 @dataclass(frozen=True, slots=True)
 class Complete:
-    """``place`` was read to its end as of ``at`` (wall seconds), in rebalance ``generation``."""
+    """``place`` was read to its end as of ``at`` (wall seconds), in rebalance ``generation``,
+    between the same two seeks (``seeks``: the delivery's seek count when it was observed)."""
 
     generation: int
     at: float | None  # None: not read to its end (lagging, paused, or never fetched)
+    seeks: int = 0
 
 
-def observe(consumer: Any, topics: Collection[str], generation: int, into: dict[Place, Complete]) -> None:
-    """Record, for each assigned partition of ``topics``, whether and since when it is complete."""
+def observe(
+    consumer: Any, topics: Collection[str], generation: int, into: dict[Place, Complete], seeks: int = 0
+) -> None:
+    """Record, for each assigned partition of ``topics``, whether and since when it is complete.
+    ``seeks`` must be read before this is called: a seek that starts meanwhile voids the record."""
     try:
         assignment = consumer._thread._ensure_consumer()._subscription.subscription.assignment
         assigned = consumer.assignment()
@@ -42,7 +47,7 @@ def observe(consumer: Any, topics: Collection[str], generation: int, into: dict[
         return
     for tp in assigned:
         if tp.topic in topics:
-            into[(tp.topic, tp.partition)] = Complete(generation, _complete_at(assignment.state_value(tp)))
+            into[(tp.topic, tp.partition)] = Complete(generation, _complete_at(assignment.state_value(tp)), seeks)
 
 
 def _complete_at(state: Any) -> float | None:
@@ -55,10 +60,15 @@ def _complete_at(state: Any) -> float | None:
     return fetched_ms / 1000.0 if state.position >= highwater else None
 
 
-def complete_at(seen: Mapping[Place, Complete], places: Collection[Place], generation: int) -> dict[str, float | None]:
-    """Per topic of ``places``: since when it is complete, None if not (or not known this generation)."""
+def complete_at(
+    seen: Mapping[Place, Complete], places: Collection[Place], generation: int, seeks: int = 0
+) -> dict[str, float | None]:
+    """Per topic of ``places``: since when it is complete, None if not (or not known this
+    generation, or observed before the last seek: a seek moves the position back, to records
+    not read yet, whatever the fetch state said before it)."""
     out: dict[str, float | None] = {}
     for topic, partition in places:
         obs = seen.get((topic, partition))
-        out[topic] = obs.at if obs is not None and obs.generation == generation else None
+        valid = obs is not None and obs.generation == generation and obs.seeks == seeks
+        out[topic] = obs.at if valid and obs is not None else None
     return out
