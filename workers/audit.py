@@ -17,7 +17,6 @@ import asyncio
 import heapq
 import json
 import math
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,14 +26,13 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from tables.times import parse_since as since
 from workers.kafka import clients
 from workers.kafka.read import read_to_end
 
 MALFORMED = "malformed"
 #: How much of a malformed record's value is kept to show.
 PREVIEW = 120
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class AuditUnavailable(Exception):
@@ -210,18 +208,7 @@ async def read_audit(
 
 def parse_since(text: str, now: float | None = None) -> float:
     """``15m``, ``2h``, ``1d``, ``30s`` ago; an ISO time (local unless it names a zone); or epoch seconds."""
-    now = time.time() if now is None else now
-    relative = _RELATIVE.match(text)
-    if relative:
-        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text.strip()).timestamp()
-    except ValueError:
-        raise ValueError(f"{text!r} is neither a duration (15m, 2h, 1d) nor an ISO time") from None
+    return since(text, time.time() if now is None else now)
 
 
 def iso(epoch: float | None) -> str:

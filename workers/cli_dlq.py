@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from tables.times import parse_since
 from workers.cli_common import Progress, interactive, reach
 from workers.dlq.reader import Replayed, read_dead_letters
 from workers.dlq.records import PREFIX, DeadLetter
@@ -24,23 +25,19 @@ from workers.settings import Settings, load_settings
 OPERATOR_MAX = 200
 
 
-def _time(value: str | None) -> float | None:
+def _time(value: str | None, option: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither an ISO time nor epoch seconds") from None
+        return parse_since(value, time.time(), option)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _filters(
     aggregate: str | None, event_type: str | None, error_class: tuple[str, ...], since: str | None, until: str | None
 ) -> Filters:
-    return Filters(aggregate, event_type, frozenset(error_class), _time(since), _time(until))
+    return Filters(aggregate, event_type, frozenset(error_class), _time(since, "--since"), _time(until, "--until"))
 
 
 def filter_options(fn: Any) -> Any:
@@ -49,8 +46,8 @@ def filter_options(fn: Any) -> Any:
             click.option("--aggregate", help="Only this aggregate ID."),
             click.option("--type", "event_type", help="Only this event type."),
             click.option("--error-class", multiple=True, help="Only these error classes (repeatable)."),
-            click.option("--since", help="Last failure at or after (ISO time or epoch seconds)."),
-            click.option("--until", help="Last failure at or before (ISO time or epoch seconds)."),
+            click.option("--since", help="Last failure at or after (ISO time, epoch seconds, or 2h ago)."),
+            click.option("--until", help="Last failure at or before (ISO time, epoch seconds, or 2h ago)."),
         ]
     ):
         fn = option(fn)

@@ -34,7 +34,8 @@ import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from tables.scan import Observation, Report, Scanner, SinceGate, parse_since
+from tables.scan import Observation, Report, Scanner, SinceGate
+from tables.times import parse_since
 from workers.envelope import decode
 from workers.errors import DecodeError, StartupError
 from workers.kafka import clients

@@ -269,12 +269,18 @@ async def test_redelivered_events_fire_duplicate_event_processing(scene: Scene) 
 async def test_gaps_fire_event_sequence_gap_open_and_skipped(scene: Scene) -> None:
     every = list(range(PARTITIONS))
     partition = DefaultPartitioner()(scene.open_gap_key.encode(), every, every)
-    await firing(scene.prom, "EventSequenceGap", THRESHOLDS["gap_open_seconds"], gap="open", partition=str(partition))
-    await firing(scene.prom, "EventSequenceGap", 1, gap="skipped", type="stock.moved")
+    (opened,) = await firing(
+        scene.prom, "EventSequenceGap", THRESHOLDS["gap_open_seconds"], gap="open", partition=str(partition)
+    )
+    (skipped,) = await firing(scene.prom, "EventSequenceGap", 1, gap="skipped", type="stock.moved")
+    assert float(opened["value"]) >= THRESHOLDS["gap_open_seconds"], opened
+    assert "seqguard gaps" in opened["annotations"]["runbook"], opened
+    assert float(skipped["value"]) >= 1, skipped
 
 
 async def test_parked_aggregates_fire_per_partition_from_their_owner(scene: Scene) -> None:
-    await parked_alerts_follow_owners(scene, "AggregatesParked firing for every partition, from its owner")
+    owners = await parked_alerts_follow_owners(scene, "AggregatesParked firing for every partition, from its owner")
+    assert sorted(owners) == list(range(PARTITIONS)), owners  # every partition alerts, each from its owner
 
 
 async def test_a_moved_partition_alerts_only_from_its_new_owner(scene: Scene) -> None:

@@ -329,14 +329,21 @@ def test_bad_combinations_are_one_message_without_secrets(
 
 def test_good_combinations_pass(clean_env: pytest.MonkeyPatch, pki: Pki, tmp_path: Path) -> None:
     for family in EXPECTED:
-        Settings(**family_settings(family, pki, tmp_path))
+        values = family_settings(family, pki, tmp_path)
+        settings = Settings(**values)  # raises SettingsError/ValidationError if refused
+        for name, value in values.items():
+            got = getattr(settings, name)
+            got = got.get_secret_value() if hasattr(got, "get_secret_value") else got
+            assert str(got) == str(value), (family, name, got, value)
     for url in (
         f"postgresql://u:p@db.example:5432/app?sslmode=verify-full&sslrootcert={pki.ca}",
         "postgres://u@db1:5432,db2:5432/app?sslmode=require",
         "postgresql:///app?host=/var/run/postgresql",
     ):
-        Settings(postgres_url=url)
-    Settings(redis_url="rediss://:pw@cache:6380/0", redis_ssl_ca_certs=pki.ca)
+        s = Settings(postgres_url=url)
+        assert s.postgres_url is not None and s.postgres_url.get_secret_value() == url
+    s = Settings(redis_url="rediss://:pw@cache:6380/0", redis_ssl_ca_certs=pki.ca)
+    assert s.redis_url.get_secret_value() == "rediss://:pw@cache:6380/0"
 
 
 def test_secrets_are_never_printed(clean_env: pytest.MonkeyPatch, pki: Pki) -> None:

@@ -28,9 +28,9 @@ from tables.scan import (
     Scanner,
     SinceGate,
     gaps_of,
-    parse_since,
     reason_of,
 )
+from tables.times import parse_since
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
