@@ -22,7 +22,8 @@ class SeenIds:
 
     def __init__(self, ids: dict[str, float] | None = None) -> None:
         self.ids: dict[str, float] = ids if ids is not None else {}
-        self.nbytes = sum(key_bytes(k) for k in self.ids)
+        # map/len rather than key_bytes per key: this runs at every decode of a state record
+        self.nbytes = sum(map(len, map(str.encode, self.ids))) + ENTRY_OVERHEAD * len(self.ids)
 
     def __contains__(self, key: str) -> bool:
         return key in self.ids

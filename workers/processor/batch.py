@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from tables import sequencer as core
-from tables import timers
 from tables.clock import PartitionClock
 from tables.policy import Policy, PolicyBook
 from tables.sequence import Parked
@@ -46,6 +45,7 @@ from workers.handlers import Registry
 from workers.kafka.sink import FenceCheck, Fenced, Sink
 from workers.metrics import BatchObserver, Metrics
 from workers.processor.emit import Emitter
+from workers.processor.resolve import resolve
 from workers.processor.runner import HandlerRunner
 from workers.processor.store import Loaded, StateStore
 from workers.records import InRecord
@@ -149,10 +149,9 @@ class OrderedProcessor:
             return True
 
     async def _process_all(self, records: Sequence[InRecord]) -> None:
-        received = self._counts[self.metrics.received]
+        self._counts[self.metrics.received].update(rec.topic for rec in records)
         wall = self.clock()
         for rec in records:
-            received[rec.topic] += 1
             if rec.topic in self._clock_topics:
                 self.at = self.gap_clock(rec.partition).observe(rec.topic, rec.timestamp, wall)
             try:
@@ -212,7 +211,7 @@ class OrderedProcessor:
             # Operators only (Kafka ACLs). Never repartitioned: a command keyed by anything but
             # its aggregate may sit on another worker's partition.
             if env.source == CONTROL_SOURCE and env.type == RESOLVE_TYPE and rec.key == key:
-                await self._resolve(self.load(key, rec.partition), env, rec)
+                await resolve(self, self.load(key, rec.partition), env, rec)
                 return
             forged = "not a resolve of seqguard/cli keyed by its aggregate"
         elif env.source == CONTROL_SOURCE or env.type.startswith(CONTROL_TYPE_PREFIX):
@@ -235,9 +234,11 @@ class OrderedProcessor:
         partition = loaded.partition
         room = self.store.waiting[partition] + self._held_now[partition] < self.settings.max_buffered_per_partition
         decision = core.decide(loaded.agg, incoming, policy, self.clock(), self.limits, room=room)
-        await self._carry_out(loaded, env, rec, decision, policy)
+        await self._carry_out(loaded, env, rec, decision, policy, incoming)
 
-    async def _carry_out(self, loaded: Loaded, env: Envelope, rec: InRecord, d: Decision, policy: Policy) -> None:
+    async def _carry_out(
+        self, loaded: Loaded, env: Envelope, rec: InRecord, d: Decision, policy: Policy, incoming: Incoming
+    ) -> None:
         m, action = self.metrics, d.action
         replayed = header(rec.headers, REPLAYED_FROM)
         if replayed is not None or d.verdict is not Verdict.APPLY:  # logged before what follows from it
@@ -246,17 +247,15 @@ class OrderedProcessor:
             m.order_violations.labels(m.type_label(env.type), "applied" if action is Action.RUN else "rejected").inc()
         outcome = None
         if action is Action.RUN:
-            applied = await self._apply(loaded, env, rec, policy)
+            if self.runner.handles(env.type):
+                applied = await self._apply(loaded, env, rec, policy, incoming)
+            else:  # nothing to run: no coroutine, no fence (it is asked again before the write)
+                applied = self._applied(loaded, env, rec, incoming)
             outcome = "applied" if applied else "dead_lettered"
-            if applied:
+            if applied and loaded.agg.buffer:
                 await self.drain(loaded)
         elif action is Action.HOLD:
-            outcome = "buffered"
-            self._held_now[loaded.partition] += 1
-            self._counts[m.out_of_order][env.type] += 1
-            if len(self._envelopes) >= ENVELOPE_CACHE:
-                self._envelopes.clear()  # entries of events dropped or moved away: a miss only costs a decode
-            self._envelopes[(rec.topic, rec.partition, rec.offset)] = env
+            outcome = self._held(loaded, env, rec)
         elif action is Action.SKIP:
             outcome = "duplicate"
             self._counts[m.duplicates][env.type] += 1
@@ -270,21 +269,33 @@ class OrderedProcessor:
         if outcome is not None and replayed is not None:
             self._counts[m.replayed_events][outcome] += 1
 
+    def _held(self, loaded: Loaded, env: Envelope, rec: InRecord) -> str:
+        self._held_now[loaded.partition] += 1
+        self._counts[self.metrics.out_of_order][env.type] += 1
+        if len(self._envelopes) >= ENVELOPE_CACHE:
+            self._envelopes.clear()  # entries of events dropped or moved away: a miss only costs a decode
+        self._envelopes[(rec.topic, rec.partition, rec.offset)] = env
+        return "buffered"
+
     # ------------------------------------------------------------------ apply
 
-    async def _apply(self, loaded: Loaded, env: Envelope, rec: InRecord, policy: Policy) -> bool:
+    async def _apply(self, loaded: Loaded, env: Envelope, rec: InRecord, policy: Policy, incoming: Incoming) -> bool:
         """Run the handler and record the outcome; True if it was applied."""
         self.check_fence()  # a worker frozen past its lease runs no more handlers for the batch
         failure = await self.runner.run(env, headers=rec.headers, check=self._check_waiting)
-        incoming = Incoming(env.sequence, env.idempotency_key, env.type, at=self.at)
+        if failure is None:
+            return self._applied(loaded, env, rec, incoming)
+        await self.emit.dead_letter(rec, self._failure(env, failure.error_class, failure.message, failure.attempts))
+        if core.failed(loaded.agg, incoming, policy, failure.error_class, self.clock()):
+            logs.decision("parked", rec, env, reason=failure.error_class)
+        else:
+            await self.drain(loaded)  # the sequence stepped over it: release what waits
+        return False
+
+    def _applied(self, loaded: Loaded, env: Envelope, rec: InRecord, incoming: Incoming) -> bool:
+        """The event's handler succeeded (or it has none): record it and write its output."""
+        incoming.at = self.at  # its wait on the gap clock ends now (a released event's began earlier)
         now = self.clock()
-        if failure is not None:
-            await self.emit.dead_letter(rec, self._failure(env, failure.error_class, failure.message, failure.attempts))
-            if core.failed(loaded.agg, incoming, policy, failure.error_class, now):
-                logs.decision("parked", rec, env, reason=failure.error_class)
-            else:
-                await self.drain(loaded)  # the sequence stepped over it: release what waits
-            return False
         core.applied(loaded.agg, incoming, now, limits=self.limits)
         self._counts[self.metrics.applied][env.type] += 1
         if rec.timestamp:
@@ -305,7 +316,11 @@ class OrderedProcessor:
                     await self.emit.dead_letter(rec, Failure(DESERIALIZATION_FAILED, str(exc)))
                     continue
             logs.decision("released", rec, env)
-            await self._apply(loaded, env, rec, self.policies.for_type(env.type))
+            incoming = Incoming(env.sequence, env.idempotency_key, env.type, at=self.at)
+            if self.runner.handles(env.type):
+                await self._apply(loaded, env, rec, self.policies.for_type(env.type), incoming)
+            else:
+                self._applied(loaded, env, rec, incoming)
 
     # ------------------------------------------------------------------ gaps, operators
 
@@ -323,32 +338,6 @@ class OrderedProcessor:
         logs.gap(loaded.key, loaded.partition, result, fields["type"], cause=cause)
         if isinstance(result, Gap):
             await self.drain(loaded)
-
-    async def _resolve(self, loaded: Loaded, env: Envelope, rec: InRecord) -> None:
-        outcome = timers.resolve_request(loaded.agg, env.data, self.clock(), self.settings.max_sequence)
-        key = loaded.key
-        request = env.data if isinstance(env.data, dict) else {}
-        logs.resolved(rec, env, outcome, request)
-        if isinstance(outcome, timers.Refused):
-            self.emit.audit("resolve_refused", key, reason=outcome.reason, request=repr(env.data)[:1000])
-            return
-        gap = outcome.gap
-        self.emit.audit(
-            "resolved",
-            key,
-            skip_to=outcome.skip_to,
-            was_next=outcome.was_next,
-            skipped=None if gap is None else [gap.first, gap.last],
-            dropped=[b.seq for b in outcome.dropped],
-            reason=str(request.get("reason", ""))[:1000],
-            operator=str(request.get("operator", ""))[:200],
-        )
-        for entry in outcome.dropped:
-            assert entry.record is not None
-            message = f"dropped by operator resolve --skip-to {outcome.skip_to}"
-            failure = Failure(ORDER_VIOLATION, message, 0, key.decode(), entry.seq, entry.type)
-            await self.emit.dead_letter(InRecord(*entry.record), failure)
-        await self.drain(loaded)
 
     # ------------------------------------------------------------------ state
 

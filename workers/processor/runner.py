@@ -60,6 +60,9 @@ class HandlerRunner:
         self.retry = Backoff(settings.retry_base_delay, settings.retry_max_delay)
         self.outage = Backoff(settings.retry_base_delay or 0.1, settings.outage_retry_max_delay)
 
+    def handles(self, event_type: str) -> bool:
+        return event_type in self.registry.specs
+
     async def run(
         self, env: Envelope, *, headers: Headers = (), check: Callable[[], None] = _never
     ) -> HandlerFailure | None:
