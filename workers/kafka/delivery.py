@@ -203,36 +203,48 @@ async def _take(
     for tp, recs in records.items():
         if active is not None and tp not in active and tp not in consumer._buffered_partitions:
             continue
-        ours = tp.topic in topics
-        if ours:
-            tps[(tp.topic, tp.partition)] = tp
         last = read_offset.get(tp)
+        if tp.topic in topics:
+            tps[(tp.topic, tp.partition)] = tp
+            last = await _take_ours(consumer, tp, recs, last, batch)
+            if last is not None:
+                read_offset[tp] = last
+            continue
         for record in recs:
             offset = record.offset
             if last is not None and offset < last:
                 continue  # read already (Faust drops these too)
-            if ours:
-                if last is not None and offset - last > 1:
-                    await consumer._add_gap(tp, last + 1, offset)  # compaction or transaction markers
-                ts = record.timestamp
-                batch.append(
-                    InRecord(
-                        record.topic,
-                        record.partition,
-                        offset,
-                        None if ts is None else ts / 1000.0,
-                        record.key,
-                        record.value,
-                        list(record.headers or ()),
-                    )
-                )
-            else:
-                await consumer.wait_first(
-                    consumer.callback(consumer._to_message(tp, record)), consumer.suspend_flow.wait()
-                )
+            await consumer.wait_first(consumer.callback(consumer._to_message(tp, record)), consumer.suspend_flow.wait())
             last = offset
             read_offset[tp] = offset
     return batch, tps
+
+
+async def _take_ours(consumer: Any, tp: Any, recs: Any, last: int | None, batch: list[InRecord]) -> int | None:
+    """Append one partition's records to ``batch``; the last offset taken (the read offset)."""
+    append, in_record = batch.append, InRecord
+    for record in recs:
+        offset = record.offset
+        if last is not None:
+            if offset < last:
+                continue  # read already (Faust drops these too)
+            if offset - last > 1:
+                await consumer._add_gap(tp, last + 1, offset)  # compaction or transaction markers
+        ts = record.timestamp
+        headers = record.headers
+        append(
+            in_record(
+                record.topic,
+                record.partition,
+                offset,
+                None if ts is None else ts / 1000.0,
+                record.key,
+                record.value,
+                list(headers) if headers else [],
+            )
+        )
+        last = offset
+    return last
 
 
 async def deliver_fenced(

@@ -142,24 +142,20 @@ class _Batch:
         return getattr(self._batch, name)
 
     def __iter__(self) -> Iterator[Any]:
-        read = -1  # records up to this offset were handed out
+        # Read whole (a C-level list, not a generator step per record): a batch the fast reader
+        # refuses part way is read again whole by read_batch, which gives the same records.
         try:
-            for record in self._batch:
-                read = record.offset
-                yield record
+            return iter(list(self._batch))
         except UnicodeDecodeError as exc:
             log.warning("%s: a header key at offsets %s is not UTF-8 (%s): read with surrogateescape", *self._at(exc))
         except Exception as exc:
             self._unreadable(exc)
             raise
-        else:
-            return
         try:
-            records = list(read_batch(self._data))
+            return iter(list(read_batch(self._data)))
         except Exception as exc:
             self._unreadable(exc)
             raise
-        yield from (record for record in records if record.offset > read)
 
     def _unreadable(self, exc: Exception) -> None:
         log.critical(
