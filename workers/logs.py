@@ -27,6 +27,7 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+import orjson
 import structlog
 from structlog.stdlib import ProcessorFormatter
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -54,6 +55,14 @@ _encode = json.JSONEncoder(separators=(",", ":"), default=repr).encode
 
 
 def _dumps(obj: dict[str, Any]) -> str:
+    # orjson first (several times faster); a line it refuses (a lone surrogate, a huge int, a key
+    # that is not a string) or that is not ASCII (json escapes it) goes through json, as before.
+    try:
+        out = orjson.dumps(obj, default=repr)
+        if out.isascii():
+            return out.decode()
+    except (TypeError, orjson.JSONEncodeError):
+        pass
     try:
         return _encode(obj)
     except (TypeError, ValueError):  # a key that is not a string, a cycle: the values' reprs
