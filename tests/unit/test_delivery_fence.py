@@ -9,6 +9,7 @@ must be neither handed to the handler nor acked; only what the handler processed
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -41,7 +42,8 @@ class FakeConsumer:
     consumer_stopped_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, fetch: dict[TP, list[FakeRecord]]) -> None:
-        self.app = SimpleNamespace(rebalancing_count=0, rebalancing=False, should_stop=False)
+        topics = SimpleNamespace(acks_enabled_for=lambda topic: True)
+        self.app = SimpleNamespace(rebalancing_count=0, rebalancing=False, should_stop=False, topics=topics)
         self.transport = SimpleNamespace(app=self.app)
         self._stopped = asyncio.Event()
         self._fetch: dict[TP, list[FakeRecord]] | None = fetch
@@ -52,7 +54,11 @@ class FakeConsumer:
         self._n_acked = 0
         self.flow_active = True
         self.should_stop = False
-        self.acked: list[tuple[TP, int]] = []
+        # Faust's ack bookkeeping (faust/transport/consumer.py), which ack_offsets fills
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._waiting_for_ack = None
         self.callback = None  # Faust's per-message path: no record here takes it
         self.seeks = 0
 
@@ -72,9 +78,9 @@ class FakeConsumer:
     def assignment(self) -> set[TP]:
         return set(self._assigned)
 
-    def ack(self, message: Any) -> bool:
-        self.acked.append((message.tp, message.offset))
-        return True
+    @property
+    def acked(self) -> list[tuple[TP, int]]:
+        return [(tp, offset) for tp, offsets in self._acked.items() for offset in offsets]
 
     def revoke(self, tp: TP, *, assigned_again: bool = False) -> None:
         """What a rebalance does, as the delivery can see it: Faust counts it, then moves ``tp``."""
@@ -217,3 +223,35 @@ def test_fence_keeps_records_of_assigned_partitions_in_the_same_generation() -> 
 def test_fence_drops_everything_once_a_rebalance_began() -> None:
     kept, dropped = fenced([rec(0, 1), rec(1, 1)], {A, B}, 4, 5)
     assert (kept, places(dropped)) == ([], [(0, 1), (1, 1)])
+
+
+@dataclass(eq=False)
+class _Message:
+    """What Consumer.ack reads of a message (hashable: it is discarded from a set)."""
+
+    tp: TP
+    offset: int
+    acked: bool = False
+
+    @property
+    def topic(self) -> str:
+        return self.tp.topic
+
+
+def test_ack_offsets_keeps_fausts_own_ack_bookkeeping() -> None:
+    """ack_offsets against faust-streaming's Consumer.ack itself, run on the same state: offsets
+    below the committed one and offsets acked already are left out the same way."""
+    from faust.transport.consumer import Consumer
+
+    from workers.kafka.delivery import ack_offsets
+
+    ours, fausts = FakeConsumer({}), FakeConsumer({})
+    for c in (ours, fausts):
+        c._committed_offset[A] = 3
+        c._unacked_messages = set()
+    offsets = [1, 3, 4, 4, 6, 5, 9]
+    ack_offsets(ours, A, offsets)
+    for offset in offsets:
+        Consumer.ack(fausts, _Message(A, offset))  # type: ignore[arg-type]
+    assert (ours._acked, ours._acked_index, ours._n_acked) == (fausts._acked, fausts._acked_index, fausts._n_acked)
+    assert ours._acked[A] == [3, 4, 6, 5, 9]

@@ -34,11 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 from workers.kafka import hooks_of, progress
 from workers.records import InRecord
@@ -50,16 +53,6 @@ Fence = Callable[[], str | None]
 #: Processes a batch and returns the records it processed: only those are acked. It
 #: returns none of them if the fence closed before it wrote.
 BatchHandler = Callable[[list[InRecord], Fence], Awaitable[Sequence[InRecord]]]
-
-
-@dataclass(eq=False)  # no slots: Faust keeps unacked messages in a WeakSet
-class _Acked:
-    """What Faust's ``Consumer.ack`` reads of a message."""
-
-    tp: Any
-    topic: str
-    offset: int
-    acked: bool = False
 
 
 @dataclass
@@ -272,9 +265,30 @@ async def deliver_fenced(
         done, undone = fenced(processed, consumer.assignment(), fetch_generation, generation(consumer))
         if undone:
             log.info("a rebalance ran during the batch: %d processed records left unacked, read again", len(undone))
+        by_tp: dict[Any, list[int]] = defaultdict(list)
         for record in done:
-            consumer.ack(_Acked(tps[(record.topic, record.partition)], record.topic, record.offset))
+            by_tp[tps[(record.topic, record.partition)]].append(record.offset)
+        for tp, offsets in by_tp.items():
+            ack_offsets(consumer, tp, offsets)
     return True
+
+
+def ack_offsets(consumer: Any, tp: Any, offsets: list[int]) -> None:
+    """Faust's ``Consumer.ack`` for one partition's processed offsets at once: the same
+    bookkeeping (checked against 0.15.3), without a Message object and a lock per record."""
+    if not offsets or not consumer.app.topics.acks_enabled_for(tp.topic):
+        return
+    with ack_lock:
+        committed = consumer._committed_offset[tp]
+        index, acked = consumer._acked_index[tp], consumer._acked[tp]
+        try:
+            for offset in offsets:
+                if (committed is None or offset >= committed) and offset not in index:
+                    index.add(offset)
+                    acked.append(offset)
+                    consumer._n_acked += 1
+        finally:
+            notify(consumer._waiting_for_ack)
 
 
 def _fence(consumer: Any, delivery: Delivery, fetch_generation: int) -> Fence:
