@@ -48,7 +48,14 @@ async def run(args: argparse.Namespace, prof: cProfile.Profile | None = None) ->
     producer, table = Producer(), Table()
     sink = Sink(lambda: producer, state_topics=frozenset({CHANGELOG}))  # type: ignore[arg-type,return-value]
     p = OrderedProcessor(
-        settings, StateStore(table, sink), sink, Registry(), None, Metrics.disabled(), PolicyBook(), "b"
+        settings,
+        StateStore(table, sink, cache_size=settings.state_cache),
+        sink,
+        Registry(),
+        None,
+        Metrics.disabled(),
+        PolicyBook(),
+        "b",
     )
     recs = records(args, settings.input_topic)
     if prof is not None:

@@ -58,6 +58,11 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
+#: The table stores (SEQGUARD_STORE) the state and recovery tests run against, each test once per
+#: store (as quixstreams runs its state tests against each of its stores).
+STORES = ("memory", "rocksdb")
+
+
 @dataclass
 class Deployment:
     """One isolated seqguard deployment: unique app id, topics and Redis prefix."""
@@ -65,6 +70,10 @@ class Deployment:
     broker_url: str
     redis_url: str
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    #: SEQGUARD_STORE of its workers. With rocksdb each worker has its own directory under
+    #: SEQGUARD_DATA_DIR, named after SEQGUARD_WORKER_ID (else its port, new at every start):
+    #: a restart finds its checkpoint when it is given the same SEQGUARD_WORKER_ID.
+    store: str = "memory"
     extra: dict[str, str] = field(default_factory=dict)
     postgres_url: str | None = None  # the deployment's own database (tests.pg.fresh_database)
 
@@ -78,6 +87,7 @@ class Deployment:
             "SEQGUARD_AUDIT_TOPIC": f"{self.name}.audit",
             "SEQGUARD_REDIS_PREFIX": f"{self.name}:",
             "SEQGUARD_DATA_DIR": str(LOGS / self.name / "data"),
+            "SEQGUARD_STORE": self.store,
             "SEQGUARD_STATE_DUMP": "true",
             "SEQGUARD_GAP_TIMEOUT": "30",
             "SEQGUARD_OPERATOR": "test",  # who `aggregates resolve` names in the audit

@@ -33,6 +33,7 @@ from workers.handlers import load_domains
 from workers.kafka import clients, lease, progress
 from workers.kafka.delivery import Delivery, Fence, generation
 from workers.kafka.sink import Sink
+from workers.kafka.tables import faust_datadir, faust_store
 from workers.ledger.postgres import Projections
 from workers.ledger.redis import Ledger
 from workers.metrics import Metrics
@@ -95,7 +96,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     return {
         "broker": settings.broker_url,
         "broker_credentials": clients.faust_credentials(settings),  # the same security as clients.py
-        "store": "memory://",
+        "store": faust_store(settings),  # SEQGUARD_STORE (workers/kafka/tables.py)
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
         "topic_allow_declare": settings.create_topics,
@@ -112,7 +113,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "web_port": settings.web_port or 6066,
         "web_bind": settings.web_host,
         "canonical_url": settings.advertised_url,  # where /aggregates redirects and `seqguard gaps` asks
-        "datadir": str(settings.data_dir),
+        "datadir": str(faust_datadir(settings)),  # with RocksDB, one per worker
         "stream_wait_empty": False,
         "logging_config": None,
     }
@@ -139,7 +140,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     sink = Sink(lambda: _producer(settings), state_topics=frozenset({table.changelog_topic.get_topic_name()}))
     runtime.processor = OrderedProcessor(
         settings,
-        StateStore(table, sink, max_record_bytes=settings.max_state_record_bytes),
+        StateStore(table, sink, max_record_bytes=settings.max_state_record_bytes, cache_size=settings.state_cache),
         sink,
         registry,
         resources,

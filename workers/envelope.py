@@ -239,7 +239,9 @@ def decode(
     source, type_ = attrs["source"], attrs["type"]
     # The common case in two C-level checks; the slow path finds and names the offender.
     longest = max(len(aggregate), len(event_id), len(source), len(type_))
-    if longest > MAX_ATTRIBUTE_CHARS or not (aggregate + event_id + source + type_).isascii():
+    if longest > MAX_ATTRIBUTE_CHARS or not (aggregate + event_id + source + type_).isascii() or "\0" in aggregate:
+        if "\0" in aggregate:  # a state store key (Faust's RocksDB store keeps its offset under one with NUL)
+            raise DecodeError("aggregate ID contains a NUL character")
         _check_identities((("aggregate ID", aggregate), ("id", event_id), ("source", source), ("type", type_)))
     raw_seq = attrs.get(SEQUENCE_ATTR)
     if type(raw_seq) is int and 1 <= raw_seq <= max_sequence:  # noqa: E721 - bool is an int too, and is refused

@@ -1,7 +1,7 @@
 """Views of the aggregates this worker owns (tables.inspect), for its pages and the CLI.
 
-Read from the state table's memory between awaits, so a view is one consistent snapshot
-of what the last settled or current batch wrote. Only aggregates in the store's ``held``
+Read from the state store between awaits, so a view is one consistent snapshot of what
+the last settled or current batch wrote. Only aggregates in the store's ``held``
 index (buffered events or parked) can need attention, so listing never scans every key.
 Nothing here changes the store: a page asked during a table recovery must not leave the
 sweep an index built from half-recovered tables.
@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from aiokafka.partitioner import murmur2
 
 from tables.inspect import AggregateView, oldest_first, view
-from workers.kafka.tables import key_partitions
 from workers.processor.store import StateStore
 
 
@@ -33,7 +32,7 @@ def aggregate_view(store: StateStore, aggregate_id: str, partition: int, now: fl
     """The aggregate's view, or None if this worker holds no state for it on ``partition``
     (a standby copy of another partition is not this worker's to show)."""
     key = aggregate_id.encode()
-    if key not in store.table.data or key_partitions(store.table).get(key, partition) != partition:
+    if not store.holds(key, partition):
         return None
     return view(aggregate_id, partition, store.load(key, partition).agg, now)
 
@@ -48,6 +47,4 @@ def partition_of(aggregate_id: str, partitions: int) -> int:
 def state_partition(store: StateStore, aggregate_id: str, active: Iterable[int]) -> int | None:
     """The active partition this worker holds the aggregate's state on, if any. Usually the
     key's murmur2 partition; another one if its producer placed records by another partitioner."""
-    key = aggregate_id.encode()
-    partition = key_partitions(store.table).get(key)
-    return partition if partition is not None and key in store.table.data and partition in set(active) else None
+    return store.partition_holding(aggregate_id.encode(), frozenset(active))

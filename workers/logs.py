@@ -17,13 +17,11 @@ worker CPU a line instead of ~30 µs as LogRecords.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import os
 import socket
 import sys
-import threading
 import time
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -35,6 +33,8 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from tables.sequence import Parked
 from tables.sequencer import Action, Decision, Verdict
 from tables.timers import Gap, Refused, Resolved
+from workers import logs_stdio
+from workers.logs_stdio import restore_stdio  # noqa: F401 - tests undo the capture through logs
 
 if TYPE_CHECKING:
     from workers.dlq.records import Failure
@@ -91,7 +91,7 @@ def configure(
     number = level if isinstance(level, int) else logging.getLevelNamesMapping().get(level.upper())
     if number is None:
         raise ValueError(f"unknown log level {level!r}")
-    out = stream if stream is not None else _original(sys.stdout)
+    out = stream if stream is not None else logs_stdio.original(sys.stdout)
     pre: list[Processor] = [_merge_fields]
     last: list[Processor] = [_Standard(worker, upper=fmt == "json")]
     if fmt == "json":
@@ -120,7 +120,7 @@ def configure(
         cache_logger_on_first_use=True,
     )
     if capture_stdio:
-        _capture_stdio()
+        logs_stdio.capture_stdio()
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -317,89 +317,3 @@ def _isatty(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
-
-
-# --------------------------------------------------------------------------- stdout, stderr, crashes
-
-
-class _LogWriter(io.TextIOBase):
-    """A stdout/stderr stand-in: each line written becomes a log record of ``logger``."""
-
-    _writing = threading.local()
-
-    def __init__(self, logger: logging.Logger, level: int, original: IO[str]) -> None:
-        self.logger, self.level, self.original = logger, level, original
-        self._pending = ""
-        self._lock = threading.Lock()
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return self.original.fileno()
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
-
-    def write(self, text: str) -> int:
-        if getattr(self._writing, "active", False):  # a handler's own error report: no loop
-            return self.original.write(text)
-        with self._lock:
-            *lines, self._pending = (self._pending + text).split("\n")
-        for line in lines:
-            self._emit(line)
-        return len(text)
-
-    def flush(self) -> None:
-        with self._lock:
-            line, self._pending = self._pending, ""
-        self._emit(line)
-
-    def _emit(self, line: str) -> None:
-        if not line.strip():
-            return
-        self._writing.active = True
-        try:
-            self.logger.log(self.level, line.rstrip())
-        finally:
-            self._writing.active = False
-
-
-def _original(stream: IO[str]) -> IO[str]:
-    return stream.original if isinstance(stream, _LogWriter) else stream
-
-
-def _capture_stdio() -> None:
-    sys.stdout = _LogWriter(logging.getLogger("stdout"), logging.INFO, _original(sys.stdout))
-    sys.stderr = _LogWriter(logging.getLogger("stderr"), logging.WARNING, _original(sys.stderr))
-    crashes = logging.getLogger("seqguard.crash")
-
-    def uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
-        crashes.critical("uncaught exception", exc_info=(kind, exc, tb))
-
-    def in_thread(args: threading.ExceptHookArgs) -> None:
-        if args.exc_type is not SystemExit:  # as threading's own hook: a thread may exit so
-            exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
-            crashes.critical("uncaught exception in thread %s", getattr(args.thread, "name", "?"), exc_info=exc_info)
-
-    def unraisable(args: Any) -> None:
-        exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
-        crashes.warning("%s: %r", args.err_msg or "exception ignored", args.object, exc_info=exc_info)
-
-    sys.excepthook = uncaught
-    threading.excepthook = in_thread
-    sys.unraisablehook = unraisable
-
-
-def restore_stdio() -> None:
-    """Undo ``capture_stdio`` (tests)."""
-    sys.stdout, sys.stderr = _original(sys.stdout), _original(sys.stderr)
-    sys.excepthook, threading.excepthook, sys.unraisablehook = (
-        sys.__excepthook__,
-        threading.__excepthook__,
-        sys.__unraisablehook__,
-    )

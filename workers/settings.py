@@ -262,6 +262,18 @@ class Settings(BaseSettings):
         True, description="Count Prometheus metrics (false: /metrics is empty; for measuring their cost)"
     )
     data_dir: Path = Field(Path("./data"), description="Faust data directory")
+    store: Literal["memory", "rocksdb"] = Field(
+        "memory",
+        description="State table store: memory (every start reads the whole changelog) or rocksdb (a checkpoint "
+        "per worker in <data_dir>/<app_id>/id-<worker_id>, else .../port-<web_port>: a restart reads only the "
+        "changelog written since)",
+    )
+    state_cache: int = Field(
+        20_000,
+        ge=0,
+        description="Aggregates kept decoded between batches, most recently used (0: decode at every batch; "
+        "about 1-4 KB each)",
+    )
 
     # --- DLQ agent chunks and topic retention (issue 11; workers/dlq/agent.py, workers/kafka/topics.py) ---
     dlq_agent_chunk: int = Field(

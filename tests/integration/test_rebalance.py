@@ -2,7 +2,8 @@
 
 Covers the risks of faust-streaming's open issues on duplicates and lost events around
 rebalances (#502, #315, #527): whatever the rebalances, per aggregate nothing is lost
-and nothing is applied out of order; re-emissions are counted.
+and nothing is applied out of order; re-emissions are counted. Once per table store: with
+rocksdb, partitions move between the workers' own databases, standbys included.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import pytest
 
 from tests.harness import (
+    STORES,
     Deployment,
     Worker,
     consume_all,
@@ -31,7 +33,11 @@ PER_AGGREGATE = 20
 
 @pytest.mark.fault
 @pytest.mark.timeout(600)
-async def test_rebalances_and_a_killed_member_lose_nothing_and_keep_order(deployment: Deployment, broker) -> None:
+@pytest.mark.parametrize("store", STORES)
+async def test_rebalances_and_a_killed_member_lose_nothing_and_keep_order(
+    deployment: Deployment, broker, store: str
+) -> None:
+    deployment.store = store
     rng = random.Random(4)
     settings = deployment.settings()
     events = [event(f"acct-{a}", s, "account.updated") for s in range(1, PER_AGGREGATE + 1) for a in range(AGGREGATES)]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.harness import Deployment, Worker, consume_all, event, produce
+import pytest
+
+from tests.harness import STORES, Deployment, Worker, consume_all, event, produce
 
 
-async def test_idle_aggregate_state_expires_but_a_held_one_stays(broker, redis_url) -> None:
+@pytest.mark.parametrize("store", STORES)
+async def test_idle_aggregate_state_expires_but_a_held_one_stays(broker, redis_url, store: str) -> None:
     deployment = Deployment(
-        broker.url, redis_url, extra={"SEQGUARD_STATE_TTL": "2", "SEQGUARD_GAP_CHECK_INTERVAL": "0.3"}
+        broker.url, redis_url, extra={"SEQGUARD_STATE_TTL": "2", "SEQGUARD_GAP_CHECK_INTERVAL": "0.3"}, store=store
     )
     await deployment.create_topics()
     settings = deployment.settings()

@@ -663,7 +663,7 @@ def test_decode_of_arbitrary_binary_mode_headers_raises_nothing_but_decode_error
     source=st.text(min_size=1, max_size=20),
     type_=st.text(min_size=1, max_size=20),
     event_id=st.text(min_size=1, max_size=20),
-    aggregate=st.text(min_size=1, max_size=20),
+    aggregate=st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=20),  # NUL: refused
     sequence=st.integers(1, 2**53),
     data=JSON.filter(lambda d: d == d),  # NaN is not equal to itself
     binary=st.booleans(),
@@ -778,3 +778,12 @@ def test_a_structured_event_decodes_the_same_whatever_its_content_type(content_t
     reference = decode(KEY, value, None)
     env = decode(KEY, value, [("content-type", content_type)])
     assert (env.id, env.sequence, env.data, env.binary) == (reference.id, sequence, reference.data, False)
+
+
+def test_an_aggregate_id_with_a_nul_is_refused() -> None:
+    """Faust's RocksDB store keeps its checkpoint under ``__faust\\0offset__``: no aggregate may be named so."""
+    headers, value = encode_structured(
+        {"id": "e1", "source": "s", "type": "t", "sequence": 1, "partitionkey": "__faust\x00offset__"}
+    )
+    with pytest.raises(DecodeError, match="NUL"):
+        decode(b"k", value, headers)

@@ -6,6 +6,7 @@ raises is set aside in the DLQ, and the batch goes on."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -33,20 +34,20 @@ class Producer:
     def create_batch(self) -> BatchBuilder:
         return BatchBuilder(1 << 20, 0)
 
-    async def send_batch(self, builder: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[None]:
+    async def send_batch(self, builder: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
         self.sent.setdefault(topic, []).extend([partition] * builder.record_count())
         return _done()
 
-    async def send(self, topic: str, value: Any, **_: Any) -> asyncio.Future[None]:
+    async def send(self, topic: str, value: Any, **_: Any) -> asyncio.Future[Any]:
         self.sent.setdefault(topic, []).append(value)
         return _done()
 
     async def start(self) -> None: ...
 
 
-def _done() -> asyncio.Future[None]:
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    fut.set_result(None)
+def _done() -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_result(SimpleNamespace(offset=0))  # aiokafka's RecordMetadata (the Sink reads its offset)
     return fut
 
 

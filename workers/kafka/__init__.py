@@ -3,8 +3,9 @@
 seqguard changes three things inside faust-streaming's aiokafka driver (``patches``: the
 fetch wait and the changelog-end probe; ``delivery``: records of the ordered topics go from
 the fetch to the processor in batches), records aiokafka's heartbeat confirmations
-(``lease``), reads its per-partition fetch state (``progress``), and ``tables`` reads one
-private attribute of Faust's memory store. Private names change without notice between releases, so ``install``
+(``lease``), reads its per-partition fetch state (``progress``); ``tables`` reads one
+private attribute of Faust's memory store, and ``rocks`` its RocksDB store's partition
+databases and offset key. Private names change without notice between releases, so ``install``
 first checks that the installed versions are exactly the ones the patches were written and
 tested against, and refuses to start otherwise.
 

@@ -47,9 +47,7 @@ async def read_to_end(
     ``max_wait`` s (with the records read so far). ``topic_wait``: how long to wait for a
     topic that does not exist yet.
     """
-    consumer = clients.consumer(
-        bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=fetch_wait_ms
-    )
+    consumer = clients.consumer(bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=fetch_wait_ms)
     try:
         await consumer.start()  # in the try: stopped after a failed start too (no "Unclosed AIOKafkaConsumer")
         if isinstance(source, str):

@@ -41,6 +41,10 @@ class Sink:
         self._builders: dict[tuple[str, int], Any] = {}
         self._full: list[tuple[str, int, Any]] = []
         self._keyed: list[tuple[str, bytes | None, bytes | None, int | None, list[Any]]] = []
+        #: (state topic, partition) -> offset of its last record the last flush wrote, once every
+        #: record of that flush was acknowledged (empty while a flush runs or after one failed):
+        #: the RocksDB store's checkpoint (workers/kafka/rocks.py).
+        self.state_offsets: dict[tuple[str, int], int] = {}
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -102,6 +106,7 @@ class Sink:
         batches = self._full + [(t, p, b) for (t, p), b in self._builders.items()]
         keyed = self._keyed
         self.discard()
+        self.state_offsets = {}
         _check(fence)
         effects = [
             await self.producer.send(topic, value, key=key, timestamp_ms=ts, headers=headers)
@@ -114,12 +119,20 @@ class Sink:
             await fut
         _check(fence)  # a freeze while the effects were sent must not let stale state follow them
         state = [
-            await self.producer.send_batch(builder, topic, partition=partition)
+            (
+                topic,
+                partition,
+                builder.record_count(),
+                await self.producer.send_batch(builder, topic, partition=partition),
+            )
             for topic, partition, builder in batches
             if topic in self.state_topics
         ]
-        for fut in state:
-            await fut
+        offsets: dict[tuple[str, int], int] = {}
+        for topic, partition, count, fut in state:
+            first = (await fut).offset  # a record batch's metadata: the offset of its first record
+            offsets[(topic, partition)] = max(first + count - 1, offsets.get((topic, partition), -1))
+        self.state_offsets = offsets
 
 
 def _check(fence: FenceCheck | None) -> None:
