@@ -58,6 +58,7 @@ from benchmarks.changelog_stats import changelog_stats, summary_lines
 from tests.harness import LOGS, Deployment, Worker, metric_value, start_redis
 from workers.envelope import encode_structured
 from workers.kafka.embedded import EmbeddedBroker, start_broker
+from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -1035,7 +1036,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dups", type=float, default=0.05, help="fraction of duplicates (of the unique events)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--floor-runs", type=int, default=3)
-    p.add_argument("--throughput-fetch-wait", type=int, default=500, help="SEQGUARD_FETCH_MAX_WAIT_MS for (b)")
+    default_wait = int(Settings.model_fields["fetch_max_wait_ms"].default)
+    p.add_argument(
+        "--throughput-fetch-wait",
+        type=int,
+        default=default_wait,
+        help="SEQGUARD_FETCH_MAX_WAIT_MS for (b) (default: the default)",
+    )
     p.add_argument("--poll", type=float, default=0.2, help="seconds between /metrics polls in (b)")
     p.add_argument("--stall-seconds", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=900.0, help="longest (b) run in seconds")
@@ -1045,13 +1052,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--verify", action=argparse.BooleanOptionalAction, default=True, help="read (b)'s output back and check order"
     )
     p.add_argument("--no-latency", action="store_true")
-    p.add_argument("--latency-rates", type=ints, default=[5_000, 2_000], help="paced input rates for (c), events/s")
+    p.add_argument(
+        "--latency-rates", type=ints, default=[5_000, 2_000, 500], help="paced input rates for (c), events/s"
+    )
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument(
         "--latency-warmup", type=float, default=2.0, help="events sent in the first seconds are not measured"
     )
     p.add_argument("--latency-drain-seconds", type=float, default=60.0)
-    p.add_argument("--fetch-waits", type=ints, default=[50, 500], help="SEQGUARD_FETCH_MAX_WAIT_MS values for (c)")
+    p.add_argument(
+        "--fetch-waits",
+        type=ints,
+        default=[default_wait],
+        help="SEQGUARD_FETCH_MAX_WAIT_MS values for (c) (default: the default)",
+    )
     p.add_argument("--log-level", default="info", help="SEQGUARD_LOG_LEVEL of the workers (default: the default)")
     p.add_argument(
         "--observability",

@@ -137,6 +137,9 @@ def worker(loglevel: str | None, web_port: int | None) -> None:
     except StartupError as exc:
         log.critical("start-up failed: %s", exc)
         sys.exit(2)
+    from workers import gc_tuning
+
+    gc_tuning.tune()  # after start-up: modules, Faust and the app go to the permanent generation
     QuietWorker(runtime.app, loglevel=level.lower()).execute_from_commandline()
 
 
