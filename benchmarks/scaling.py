@@ -45,7 +45,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.changelog_stats import SUFFIX, changelog_stats
 from benchmarks.scaling_report import per_aggregate, recovery_from_log, report_lines, row_summary
-from benchmarks.throughput import RESULTS, ROOT, environment, ints, make_event, proc_cpu, produce_all, scrape
+from benchmarks.throughput import RESULTS, ROOT, ints, make_event, proc_cpu, produce_all, report_header, scrape
 from tests.harness import LOGS, Deployment, Worker, metric_value, start_redis
 from workers.kafka.embedded import start_broker
 from workers.settings import env_names
@@ -298,12 +298,7 @@ def write(report: dict[str, Any], stem: str, text: str | None = None) -> None:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     date = dt.datetime.now().strftime("%Y-%m-%d") + (f"-{args.tag}" if args.tag else "")
     stem = f"scaling-{date}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    LOGS.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": reproduce_command(args),
-        "environment": environment(),
+    report: dict[str, Any] = report_header(reproduce_command(args)) | {
         "workload": {k: getattr(args, k) for k in ("events_per_aggregate", "size", "partitions")},
         "store_env": STORE_ENV if args.pass_store else None,
         "rows": [],

@@ -762,15 +762,16 @@ def environment() -> dict[str, Any]:
     }
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    date = dt.datetime.now().strftime("%Y-%m-%d") + (f"-{args.tag}" if args.tag else "")
+def report_header(command: str) -> dict[str, Any]:
+    """The first fields of a benchmark's JSON result (and its directories made)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": reproduce_command(args),
-        "environment": environment(),
-    }
+    return {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": command, "environment": environment()}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    date = dt.datetime.now().strftime("%Y-%m-%d") + (f"-{args.tag}" if args.tag else "")
+    report: dict[str, Any] = report_header(reproduce_command(args))
     broker = start_broker(log_path=str(LOGS / f"bench-tansu-{date}.log"))
     redis_proc = None
     if os.environ.get("REDIS_URL"):
