@@ -35,12 +35,14 @@ class Broker:
     def __init__(self) -> None:
         self.logs: dict[tuple[str, int], int] = {}
         self.fail: set[int] = set()  # partitions whose next batch the broker refuses
+        self.closed_when_sent: list[bool] = []  # an open batch would wait out the producer's linger
 
     def create_batch(self) -> BatchBuilder:
         return BatchBuilder(1 << 20, 0)
 
     async def send_batch(self, builder: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.closed_when_sent.append(builder.closed())
         if partition in self.fail:
             fut.set_exception(RuntimeError("not acknowledged"))
             return fut
@@ -307,3 +309,10 @@ async def test_the_decoded_cache_keeps_the_most_recently_used(h: Harness) -> Non
     h.store.cache_size = 0
     h.write(b"d", 1, 3)
     assert b"d" not in h.store._decoded
+
+
+async def test_the_sink_sends_closed_batches_that_do_not_linger(h: Harness) -> None:
+    h.sink.add("output", 0, b"k", b"v", None, [])
+    h.write(b"a", 1, 2)
+    await h.commit()
+    assert h.broker.closed_when_sent == [True, True]

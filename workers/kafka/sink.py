@@ -4,6 +4,8 @@ Records with a known partition (output, audit, changelogs) are appended to one K
 record batch per partition (aiokafka's BatchBuilder): appending costs a few µs, while
 ``producer.send`` costs ~20 µs a record in metadata lookups, futures and logging.
 Records the partitioner must place (DLQ, repartition) go through ``send``, at flush.
+The record batches are closed before they are sent, so the producer's linger
+(SEQGUARD_PRODUCER_LINGER_MS) delays only those: a batch's flush waits for no timer.
 Nothing is sent before ``flush``, and ``flush`` sends only while its fence is open
 (checked before the effects and again before the state): a batch the fence closed on
 is discarded whole, or has sent effects but no state (re-emitted later, like a crash).
@@ -107,6 +109,8 @@ class Sink:
         keyed = self._keyed
         self.discard()
         self.state_offsets = {}
+        for _, _, builder in batches:
+            builder.close()  # complete: aiokafka sends a closed batch at once instead of lingering on it
         _check(fence)
         effects = [
             await self.producer.send(topic, value, key=key, timestamp_ms=ts, headers=headers)
