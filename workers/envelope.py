@@ -232,11 +232,21 @@ def decode(
     if value is not None and len(value) > max_bytes:
         raise DecodeError(f"record of {len(value)} bytes exceeds the limit of {max_bytes}")
     attrs, binary = _attributes(value, _header_map(headers))
-    _check_context(attrs)
+    source: str = attrs.get("source")  # type: ignore[assignment] # checked next
+    type_: str = attrs.get("type")  # type: ignore[assignment]
+    # The common case in one expression; _check_context finds and names what is wrong.
+    if not (
+        type(source) is str  # noqa: E721 - exact types: what a JSON decoder or a header gives
+        and type(type_) is str  # noqa: E721
+        and source
+        and type_
+        and attrs.get("specversion") == "1.0"
+        and (attrs.get("data") is not None or "data_base64" not in attrs)
+    ):
+        _check_context(attrs)
     data = attrs.get("data")
     event_id, derived = _event_id(attrs.get("id"), data, derive_ids)
     aggregate = _aggregate_id(attrs.get(PARTITION_KEY_ATTR), key)
-    source, type_ = attrs["source"], attrs["type"]
     # The common case in two C-level checks; the slow path finds and names the offender.
     longest = max(len(aggregate), len(event_id), len(source), len(type_))
     if longest > MAX_ATTRIBUTE_CHARS or not (aggregate + event_id + source + type_).isascii() or "\0" in aggregate:
