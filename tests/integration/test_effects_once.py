@@ -200,7 +200,9 @@ async def test_sigkills_at_random_points_double_nothing_in_redis_or_postgres(
     last = Worker(d, "last")
     started.append(last)
     await last.ready()
-    out = await consume_all(broker.bootstrap, settings.output_topic, quiet=3.0, timeout=180)
+    # Every event is on the output at least once (re-emitted ones twice): wait for that many,
+    # not for a quiet spell, since the first flush comes only after a whole batch of slow effects.
+    out = await consume_all(broker.bootstrap, settings.output_topic, expect=len(events), quiet=3.0, timeout=180)
     applied = sequences_by_aggregate(out)
     assert sorted(applied) == sorted(f"fx-{a}" for a in range(n))
     assert all(sorted(set(s)) == list(range(1, STEPS + 1)) for s in applied.values())
