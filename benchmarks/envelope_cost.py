@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.throughput import make_event
+from benchmarks.measure import make_event
 from workers.envelope import decode
 
 Record = tuple[bytes, list[tuple[str, bytes]], bytes]

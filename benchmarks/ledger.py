@@ -16,7 +16,7 @@
     wrote: every pipeline counts one, plus the SCRIPT EXISTS that redis-py sends before a
     pipeline holding a script), the client's CPU, redis-server's CPU (/proc) and the time Redis
     spent inside commands (INFO commandstats), per effect. Median of --repeats runs.
-(2) Worker throughput: a ``seqguard worker`` (benchmarks/throughput.py's run_seqguard: the rate
+(2) Worker throughput: a ``seqguard worker`` (benchmarks/worker_rate.py's run_seqguard: the rate
     from its /metrics) over the same pre-loaded input, --events events in order (no duplicate,
     none ahead of its turn) over --aggregates aggregates, with SEQGUARD_DOMAINS=
     benchmarks.ledger_domain and BENCH_LEDGER_MODE = (i) noop: a handler that does nothing,
@@ -56,9 +56,20 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 from benchmarks import ledger_domain as domain
-from benchmarks import throughput
-from benchmarks.throughput import CLK_TCK, LOGS, RESULTS, ROOT, build_workload, count_records, environment, proc_cpu
-from tests.harness import Deployment, start_redis
+from benchmarks import worker_rate
+from benchmarks.measure import (
+    CLK_TCK,
+    EVENT_TYPE,
+    RESULTS,
+    ROOT,
+    Workload,
+    build_workload,
+    environment,
+    proc_cpu,
+    produce_all,
+)
+from benchmarks.worker_rate import count_records
+from tests.harness import LOGS, Deployment, start_redis
 from workers.dependencies import redis_client
 from workers.envelope import canonical_data_id
 from workers.kafka.embedded import start_broker
@@ -66,7 +77,7 @@ from workers.ledger.postgres import Projections
 from workers.ledger.redis import Ledger
 from workers.settings import Settings
 
-assert domain.EVENT_TYPE == throughput.EVENT_TYPE, "the domain must handle the events throughput.py builds"
+assert domain.EVENT_TYPE == EVENT_TYPE, "the domain must handle the events benchmarks.measure builds"
 
 MODE_LABELS = {
     "noop": "(i)   no-op handler (baseline)",
@@ -329,14 +340,15 @@ async def run_micro(args: argparse.Namespace, redis_url: str, redis_pid: int | N
 
 @contextlib.contextmanager
 def worker_overrides(extra: dict[str, str]) -> Iterator[None]:
-    """throughput.run_seqguard starts its worker with throughput.worker_env(...), whose
+    """worker_rate.run_seqguard starts its worker with worker_env(...), looked up in
+    benchmarks.worker_rate (which imports it from benchmarks.measure), whose
     SEQGUARD_DOMAINS="" overrides a deployment's settings: add this mode's on top."""
-    base = throughput.worker_env
-    throughput.worker_env = lambda args, wait: {**base(args, wait), **extra}
+    base = worker_rate.worker_env
+    worker_rate.worker_env = lambda args, wait: {**base(args, wait), **extra}
     try:
         yield
     finally:
-        throughput.worker_env = base
+        worker_rate.worker_env = base
 
 
 async def ledger_entries(redis_url: str, prefix: str) -> dict[str, int]:
@@ -376,7 +388,7 @@ async def run_mode(
     redis_pid: int | None,
     pg: tuple[str, int | None],
     input_topic: str,
-    workload: throughput.Workload,
+    workload: Workload,
     mode: str,
 ) -> dict[str, Any]:
     pg_url, pg_pid = pg
@@ -392,7 +404,7 @@ async def run_mode(
         extra["SEQGUARD_POSTGRES_URL"] = pg_url
     redis0, pg0 = proc_cpu(redis_pid) if redis_pid else 0.0, tree_cpu(pg_pid)
     with worker_overrides(extra):
-        result = await throughput.run_seqguard(args, broker, deployment, workload, f"ledger-{mode}")
+        result = await worker_rate.run_seqguard(args, broker, deployment, workload, f"ledger-{mode}")
     redis1, pg1 = proc_cpu(redis_pid) if redis_pid else 0.0, tree_cpu(pg_pid)
     n = workload.unique
     # The worker's counters move once per batch, so the first sample already holds a whole
@@ -563,7 +575,7 @@ async def run_workers(
     await first.create_topics()
     input_topic = first.settings().input_topic
     workload = build_workload(args.events, args.aggregates, 0.0, 0.0, args.size, args.seed)
-    secs = await throughput.produce_all(broker.bootstrap, input_topic, workload.records)
+    secs = await produce_all(broker.bootstrap, input_topic, workload.records)
     print(
         f"(2) worker throughput: pre-loaded {len(workload.records):,} events in order "
         f"({args.aggregates:,} aggregates, {args.partitions} partitions) in {secs:.1f} s",

@@ -24,7 +24,7 @@ import statistics
 import time
 from typing import Any
 
-from benchmarks.throughput import Workload, proc_cpu, produce_all
+from benchmarks.measure import Workload, proc_cpu, produce_all
 from tests.harness import Deployment, Worker, committed_offsets
 from workers.kafka.embedded import EmbeddedBroker
 

@@ -19,7 +19,7 @@ import pstats
 import time
 from typing import Any
 
-from benchmarks.throughput import build_workload
+from benchmarks.measure import build_workload
 from tables.policy import PolicyBook
 from tests.unit.test_processor_faults import CHANGELOG, Producer, Table
 from workers.handlers import Registry

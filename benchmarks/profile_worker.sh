@@ -40,7 +40,7 @@ fi
 import sys
 from pathlib import Path
 
-from benchmarks.throughput import summarize_profile
+from benchmarks.profile_summary import summarize_profile
 
 text, _ = summarize_profile(Path(sys.argv[1]), top=25)
 Path(sys.argv[2]).write_text(text + "\n")

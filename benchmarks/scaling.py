@@ -44,8 +44,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.changelog_stats import SUFFIX, changelog_stats
+from benchmarks.measure import RESULTS, ROOT, ints, make_event, proc_cpu, produce_all, report_header, scrape
 from benchmarks.scaling_report import per_aggregate, recovery_from_log, report_lines, row_summary
-from benchmarks.throughput import RESULTS, ROOT, ints, make_event, proc_cpu, produce_all, report_header, scrape
 from tests.harness import LOGS, Deployment, Worker, metric_value, start_redis
 from workers.kafka.embedded import start_broker
 from workers.settings import env_names

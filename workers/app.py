@@ -31,7 +31,8 @@ from workers.effects import Effects
 from workers.errors import ERROR_CLASSES
 from workers.handlers import load_domains
 from workers.kafka import clients, lease, progress
-from workers.kafka.delivery import Delivery, Fence, generation
+from workers.kafka.delivery import Delivery
+from workers.kafka.fence import Fence, generation
 from workers.kafka.sink import Sink
 from workers.kafka.tables import faust_datadir, faust_store
 from workers.ledger.postgres import Projections
@@ -281,9 +282,7 @@ def _forget_moved_partitions(app: faust.App, settings: Settings, metrics: Metric
         metrics.forget_partitions(gone, (settings.input_topic, settings.repartition_topic))
 
 
-def _deliver_ordered_topics(
-    app: faust.App, channel: Any, settings: Settings, processor: OrderedProcessor
-) -> Delivery:
+def _deliver_ordered_topics(app: faust.App, channel: Any, settings: Settings, processor: OrderedProcessor) -> Delivery:
     """Install the Kafka hooks: the ordered topics' records go from the fetch to ``processor``
     in fenced batches. The agent only declares the topics so that Faust subscribes them."""
 
@@ -300,12 +299,14 @@ def _deliver_ordered_topics(
         deliver,
         settings.batch_max,
         lease_left=lease_left,
+        on_fetched=processor.metrics.batch_phase_seconds.labels("fetch").observe,
     )
     kafka.install(
         app,
         kafka.Hooks(
             delivery,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            fetch_on_demand=not settings.fetch_ahead,
             bootstrap=clients.kafka(settings) if settings.probe_changelog_ends else None,
         ),
     )

@@ -36,6 +36,7 @@ class Metrics:
     handler_retries: Counter
     handler_seconds: Histogram
     batch_seconds: Histogram
+    batch_phase_seconds: Histogram
     apply_lag_seconds: Histogram
     buffered: Gauge
     parked: Gauge
@@ -212,6 +213,15 @@ def _worker_metrics(r: CollectorRegistry) -> dict[str, Any]:
         "batch_seconds": Histogram(
             "seqguard_batch_duration_seconds",
             "Time to process one batch, flush included",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ),
+        "batch_phase_seconds": Histogram(
+            "seqguard_batch_phase_duration_seconds",
+            "One batch cycle by phase: fetch (asking for records until some came, idle time included), "
+            "process (decode, decide, handlers), effects (output, DLQ, audit sent and acknowledged), "
+            "state (changelog records sent and acknowledged)",
+            ["phase"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         ),

@@ -6,6 +6,7 @@ The one input-record type: the processor, the handlers and the DLQ headers all t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tables.reorder import RawRecord
 
@@ -21,6 +22,21 @@ class InRecord:
     #: aiokafka gives None for null values. A key that is not UTF-8 on the wire comes with
     #: surrogate escapes (workers/kafka/patches.py): ``wire_key_text`` makes it writable.
     headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, topic: str, partition: int, record: Any) -> InRecord:
+        """From aiokafka's record (a ConsumerRecord, or the reader's record inside the fetcher)."""
+        ts = record.timestamp
+        headers = record.headers
+        return cls(
+            topic,
+            partition,
+            record.offset,
+            None if ts is None else ts / 1000.0,
+            record.key,
+            record.value,
+            list(headers) if headers else [],
+        )
 
     @property
     def timestamp_ms(self) -> int | None:

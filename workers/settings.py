@@ -184,6 +184,11 @@ class Settings(BaseSettings):
         description="Consumer fetch wait; Faust fixes 1500 ms (lower: less latency on brokers that hold a waiting "
         "fetch to its end, more idle fetches)",
     )
+    fetch_ahead: bool = Field(
+        False,
+        description="Fetch the next records while a batch is processed (aiokafka's prefetch): a record then "
+        "waits one to two batch cycles; off, the worker fetches when it wants records, one round trip",
+    )
     producer_linger_ms: Millis = Field(5, ge=0, description="Producer linger in milliseconds")
     probe_changelog_ends: bool = Field(
         True,

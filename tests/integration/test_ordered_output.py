@@ -57,6 +57,14 @@ async def test_shuffled_duplicated_events_come_out_in_order_once(deployment: Dep
     assert len(out) == unique
     assert metric_value(metrics, "seqguard_events_duplicate_total") == len(records) - unique
     assert metric_value(metrics, "seqguard_events_out_of_order_total") > 0
+    # Every batch's cycle is timed by phase (where a worker's latency goes): the fetch once per
+    # fetch (a fetch larger than SEQGUARD_BATCH_MAX is several batches), the rest once per batch.
+    batches = metric_value(metrics, "seqguard_batch_duration_seconds_count")
+    phases = ("fetch", "process", "effects", "state")
+    counts = {p: metric_value(metrics, "seqguard_batch_phase_duration_seconds_count", phase=p) for p in phases}
+    assert batches >= 1 and 1 <= counts.pop("fetch") <= batches, (batches, counts)
+    assert all(n == batches for n in counts.values()), (batches, counts)
+    assert all(metric_value(metrics, "seqguard_batch_phase_duration_seconds_sum", phase=p) > 0 for p in phases)
 
 
 def sequences_by_aggregate_sent(records: list) -> dict[str, list[int]]:

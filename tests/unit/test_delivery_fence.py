@@ -16,7 +16,8 @@ from typing import Any
 
 from faust.types import TP
 
-from workers.kafka.delivery import Delivery, Fence, drain_in_batches, fenced
+from workers.kafka.delivery import Delivery, drain_in_batches
+from workers.kafka.fence import Fence, fenced
 from workers.records import InRecord
 
 TOPIC = "seqguard.events"
@@ -37,17 +38,17 @@ class FakeRecord:
 
 
 class FakeConsumer:
-    """The parts of faust-streaming's aiokafka Consumer the delivery touches: one fetch, then stop."""
+    """The parts of faust-streaming's aiokafka Consumer the delivery touches: the fetches given, then stop."""
 
     consumer_stopped_errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, fetch: dict[TP, list[FakeRecord]]) -> None:
+    def __init__(self, fetch: dict[TP, list[FakeRecord]], *more: dict[TP, list[FakeRecord]]) -> None:
         topics = SimpleNamespace(acks_enabled_for=lambda topic: True)
         self.app = SimpleNamespace(rebalancing_count=0, rebalancing=False, should_stop=False, topics=topics)
         self.transport = SimpleNamespace(app=self.app)
         self._stopped = asyncio.Event()
-        self._fetch: dict[TP, list[FakeRecord]] | None = fetch
-        self._assigned = set(fetch)
+        self._fetches = [fetch, *more]
+        self._assigned = {tp for f in self._fetches for tp in f}
         self._read_offset: dict[TP, int] = {}
         self._buffered_partitions: set[TP] = set()
         self._commit_every = None
@@ -61,15 +62,20 @@ class FakeConsumer:
         self._waiting_for_ack = None
         self.callback = None  # Faust's per-message path: no record here takes it
         self.seeks = 0
+        self.gaps: list[tuple[TP, int, int]] = []  # Faust's _add_gap calls: offsets counted as read
+        self.delivery: Delivery | None = None  # set by drive()
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        self.gaps.append((tp, offset_from, offset_to))
 
     async def perform_seek(self) -> None:
         self.seeks += 1
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
-        if self._fetch is None:
+        if not self._fetches:
             self._stopped.set()
             return None, None
-        fetch, self._fetch = self._fetch, None
+        fetch = self._fetches.pop(0)
         return fetch, set(fetch)
 
     async def sleep(self, seconds: float) -> None:
@@ -89,8 +95,8 @@ class FakeConsumer:
             self._assigned.discard(tp)
 
 
-def records(tp: TP, n: int) -> list[FakeRecord]:
-    return [FakeRecord(tp.topic, tp.partition, offset) for offset in range(n)]
+def records(tp: TP, n: int, first: int = 0) -> list[FakeRecord]:
+    return [FakeRecord(tp.topic, tp.partition, offset) for offset in range(first, first + n)]
 
 
 def places(recs: list[InRecord]) -> list[tuple[int, int]]:
@@ -108,6 +114,7 @@ async def drive(
         return batch if fence() is None and done else []  # as the processor: all, or none once fenced
 
     delivery = Delivery(frozenset({TOPIC}), record_and_handle, max_batch=max_batch, lease_left=lease_left)
+    consumer.delivery = delivery
     await asyncio.wait_for(drain_in_batches(consumer, SimpleNamespace(_stopped=asyncio.Event()), delivery), 5)
     return handed
 
@@ -255,3 +262,95 @@ def test_ack_offsets_keeps_fausts_own_ack_bookkeeping() -> None:
         Consumer.ack(fausts, _Message(A, offset))  # type: ignore[arg-type]
     assert (ours._acked, ours._acked_index, ours._n_acked) == (fausts._acked, fausts._acked_index, fausts._n_acked)
     assert ours._acked[A] == [3, 4, 6, 5, 9]
+
+
+def rebalance_while_waiting(consumer: FakeConsumer, *, assigned_again: bool) -> None:
+    """A whole rebalance runs while the loop waits for the fetch: each fetched partition is
+    revoked and, if ``assigned_again``, assigned again (and sought back by Faust) before the records come."""
+    wait = consumer._wait_next_records
+
+    async def across_a_rebalance(timeout: float) -> tuple[Any, Any]:
+        for tp in list(consumer._fetches[0] if consumer._fetches else ()):
+            consumer.revoke(tp, assigned_again=assigned_again)
+        return await wait(timeout)
+
+    consumer._wait_next_records = across_a_rebalance  # type: ignore[method-assign]
+
+
+async def every_record(n: int, batch: list[InRecord]) -> list[InRecord]:
+    return batch
+
+
+async def test_a_fetch_that_outlived_its_generation_on_partitions_owned_again_is_read_again() -> None:
+    """The records are dropped (fetched in another generation); the assignment's seek already
+    ran, so the delivery seeks again: otherwise the fetcher's position is past records nobody processed."""
+    consumer = FakeConsumer({A: records(A, 3)})
+    rebalance_while_waiting(consumer, assigned_again=True)
+    handed = await drive(consumer, every_record)
+    assert handed == [] and consumer.acked == []
+    assert consumer.seeks == 1
+
+
+async def test_records_of_a_partition_moved_away_are_left_without_a_seek() -> None:
+    consumer = FakeConsumer({A: records(A, 2), B: records(B, 2)})
+    rebalance_while_waiting(consumer, assigned_again=False)
+    handed = await drive(consumer, every_record)
+    assert handed == [] and consumer.acked == []
+    assert consumer.seeks == 0  # their new owner reads them from the committed offset
+
+
+async def test_a_fetch_made_while_a_seek_ran_counts_no_offsets_as_passed_over() -> None:
+    """Seen in test_chaos: Faust's perform_seek moves the fetcher to the committed offset, the
+    loop takes a fetch from there, and only then does the seek set Faust's read offset, back to
+    the committed offset. Counted from that read offset, the next fetch's first offset looked
+    like a gap of records never read, and Faust's commit moves past a gap."""
+    consumer = FakeConsumer({A: records(A, 4, first=387)}, {A: records(A, 3, first=391)})
+    wait = consumer._wait_next_records
+
+    async def during_a_seek(timeout: float) -> tuple[Any, Any]:
+        assert consumer.delivery is not None
+        if consumer.delivery.seeks == 0:
+            consumer.delivery.seeking()  # what the perform_seek patch does as the seek begins
+            consumer.delivery.seeks_running += 1
+        return await wait(timeout)
+
+    async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
+        if n == 1:  # the seek ends while the first batch runs
+            assert consumer.delivery is not None
+            consumer.delivery.seeks_running -= 1
+            consumer.delivery.seeking()
+            consumer._read_offset[A] = 387  # Faust: read offsets := the committed offsets
+        return batch
+
+    consumer._wait_next_records = during_a_seek  # type: ignore[method-assign]
+    handed = await drive(consumer, handler, max_batch=10)
+    assert consumer.gaps == []
+    assert [o for chunk in handed for _, o in places(chunk)] == list(range(387, 394))
+    assert consumer.acked == [(A, o) for o in range(387, 394)]
+
+
+async def test_offsets_the_fetcher_passed_over_without_a_seek_count_as_read() -> None:
+    """Transaction markers take offsets no record has: within a fetch and between two fetches,
+    the offsets passed over go to Faust's gap list, or commits would stop in front of them."""
+    within = [FakeRecord(TOPIC, 0, 0), FakeRecord(TOPIC, 0, 1), FakeRecord(TOPIC, 0, 3)]
+    consumer = FakeConsumer({A: within}, {A: records(A, 2, first=6)})
+    handed = await drive(consumer, every_record, max_batch=10)
+    assert consumer.gaps == [(A, 2, 2), (A, 4, 5)]
+    assert [o for chunk in handed for _, o in places(chunk)] == [0, 1, 3, 6, 7]
+
+
+async def test_records_before_the_expected_offset_are_taken_again_after_a_seek() -> None:
+    """After a seek back the fetcher hands out records this loop took already: they are read
+    again (the tables make them duplicates), never skipped as read."""
+    consumer = FakeConsumer({A: records(A, 4)}, {A: records(A, 4, first=2)})
+
+    async def handler(n: int, batch: list[InRecord]) -> list[InRecord]:
+        if n == 1:
+            assert consumer.delivery is not None
+            consumer.delivery.seeking()
+            consumer.delivery.seeking()  # a whole seek (to offset 2) while the batch ran
+        return batch
+
+    handed = await drive(consumer, handler, max_batch=10)
+    assert [o for chunk in handed for _, o in places(chunk)] == [0, 1, 2, 3, 2, 3, 4, 5]
+    assert consumer.gaps == []

@@ -57,6 +57,7 @@ class Data(dict):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
         self._key_partition: dict[bytes, int] = {}
+        self.data = self  # Faust's store keeps its dict in .data (a FastUserDict)
 
 
 class Table:

@@ -2,12 +2,13 @@
 
 seqguard changes three things inside faust-streaming's aiokafka driver (``patches``: the
 fetch wait and the changelog-end probe; ``delivery``: records of the ordered topics go from
-the fetch to the processor in batches), records aiokafka's heartbeat confirmations
-(``lease``), reads its per-partition fetch state (``progress``); ``tables`` reads one
-private attribute of Faust's memory store, and ``rocks`` its RocksDB store's partition
-databases and offset key. Private names change without notice between releases, so ``install``
-first checks that the installed versions are exactly the ones the patches were written and
-tested against, and refuses to start otherwise.
+the fetch to the processor in batches), makes aiokafka's fetcher fetch when the worker
+asks (``fetch_demand``), records aiokafka's heartbeat confirmations (``lease``), reads its
+per-partition fetch state (``progress``); ``tables`` reads one private attribute of Faust's
+memory store, and ``rocks`` its RocksDB store's partition databases and offset key. Private
+names change without notice between releases, so ``install`` first checks that the installed
+versions are exactly the ones the patches were written and tested against, and refuses to
+start otherwise.
 
 Importing this package does not import Faust: the operator CLI and the tests use
 ``workers.kafka.topics``, ``read`` and ``embedded`` without it.
@@ -40,6 +41,8 @@ class Hooks:
     delivery: Delivery
     #: aiokafka's fetch wait; Faust fixes 1500 ms, the embedded broker's latency floor.
     fetch_max_wait_ms: int | None = None
+    #: Fetch only when the worker asks for records (workers/kafka/fetch_demand.py); False: prefetch.
+    fetch_on_demand: bool = False
     #: Where (and how) the changelog-end probe connects; None trusts ListOffsets "latest".
     bootstrap: Kafka | None = None
 
@@ -64,9 +67,11 @@ def check_versions(version: Callable[[str], str] = importlib.metadata.version) -
 def install(app: Any, hooks: Hooks) -> None:
     """Check the versions, patch the Faust classes (once per process) and attach ``hooks`` to ``app``."""
     check_versions()
-    from workers.kafka import delivery, lease, patches
+    from workers.kafka import delivery, fetch_demand, lease, patches
 
     patches.install()
+    patches.IN_RECORD_TOPICS.update(hooks.delivery.topics)
+    fetch_demand.install()
     delivery.install()
     lease.install()
     setattr(app, _ATTRIBUTE, hooks)  # noqa: B010 - Faust's App has no slot of ours

@@ -16,9 +16,16 @@ past, whether or not the record was processed. So before each chunk the records 
 partitions revoked since the fetch are dropped (neither processed nor acked), and after
 it only records still owned in the fetch's rebalance generation are acked. Dropped and
 unacked records are read again from the committed offset by the partition's owner
-(Faust seeks there on assignment); the tables make the processed ones duplicates.
+(Faust seeks there on assignment; and this worker seeks there itself when it owns the
+partition again, since that seek may have run before the drop, for example while the loop
+waited for the fetch); the tables make the processed ones duplicates.
 
-The same fence goes with each batch to the processor (``Fence``), which checks it again
+Offsets: Faust commits past the offsets it was told the fetcher passed over (transaction
+markers), so the loop counts only those it can prove: it takes every record handed out and
+tracks the offset it expects next itself, forgotten at every seek and rebalance, since
+Faust's read offsets can trail the fetcher when a seek runs beside a fetch.
+
+The same fence (workers/kafka/fence.py) goes with each batch to the processor, which checks it again
 before each handler and before it writes anything: a batch that a rebalance or an
 expired membership lease (workers/kafka/lease.py) overtook writes nothing, its records
 are not acked, and the loop seeks back to the committed offsets once the lease is
@@ -34,8 +41,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +52,11 @@ from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
 from workers.kafka import hooks_of, progress
+from workers.kafka.fence import Fence, LeaseLeft, fenced, generation, wait_writable, write_fence
 from workers.records import InRecord
 
 log = logging.getLogger(__name__)
 
-#: Why the batch may not write (its partitions moved, or the lease ran out); None: it may.
-Fence = Callable[[], str | None]
 #: Processes a batch and returns the records it processed: only those are acked. It
 #: returns none of them if the fence closed before it wrote.
 BatchHandler = Callable[[list[InRecord], Fence], Awaitable[Sequence[InRecord]]]
@@ -63,7 +70,7 @@ class Delivery:
     batches: int = 0
     left: int = 0  # records of revoked partitions left to their owner: neither processed nor acked
     #: Seconds of membership lease left (workers/kafka/lease.py); None: always writable.
-    lease_left: Callable[[Any], float] | None = None
+    lease_left: LeaseLeft | None = None
     #: Since when each ordered partition is read to its end (the gap clock's idle signal).
     complete: dict[progress.Place, progress.Complete] = field(default_factory=dict)
     fenced_batches: int = 0  # batches dropped by the fence before they wrote
@@ -73,32 +80,26 @@ class Delivery:
     seeks: int = 0
     #: Called at every seek (the gap clocks start unknown again: app.py).
     on_seek: list[Callable[[], None]] = field(default_factory=list)
+    #: Called with the seconds from asking for records (after the last batch) until a fetch
+    #: brought some of the ordered topics (the batch's fetch phase, idle time included).
+    on_fetched: Callable[[float], None] | None = None
+    #: Seeks running now (Faust's ``perform_seek``; ``seeks`` counts their starts and ends).
+    seeks_running: int = 0
+    #: Per ordered partition (Faust's TP), the offset the loop expects next from the fetcher:
+    #: the one after the last record it took, in rebalance generation ``expected_generation``.
+    #: Forgotten at every seek and rebalance. Faust's read offsets cannot serve here: a seek
+    #: updates them after the fetcher moved, and this loop may take a fetch in between, so they
+    #: can trail the fetcher's position, and offsets counted as a gap from them are committed
+    #: as read without ever being processed.
+    expected: dict[Any, int] = field(default_factory=dict)
+    expected_generation: int = -1
 
     def seeking(self) -> None:
         self.seeks += 1
         self.complete.clear()
+        self.expected.clear()
         for callback in self.on_seek:
             callback()
-
-
-def fenced(
-    records: Sequence[InRecord], assigned: Collection[Any], generation_at_fetch: int, generation_now: int
-) -> tuple[list[InRecord], list[InRecord]]:
-    """(kept, dropped): a record is kept only if no rebalance began since its fetch and its
-    partition is still assigned. ``assigned`` holds (topic, partition) pairs (Faust's TPs are)."""
-    if generation_now != generation_at_fetch:
-        return [], list(records)
-    kept: list[InRecord] = []
-    dropped: list[InRecord] = []
-    for record in records:
-        (kept if (record.topic, record.partition) in assigned else dropped).append(record)
-    return kept, dropped
-
-
-def generation(consumer: Any) -> int:
-    """Faust counts rebalances in the rebalance listener, in the consumer thread, before the
-    revocation reaches the event loop: it changes before any bookkeeping is dropped."""
-    return int(consumer.app.rebalancing_count)
 
 
 def install() -> None:
@@ -120,24 +121,43 @@ def install() -> None:
         hooks = hooks_of(self.app)
         if hooks is None:
             return await original_seek(self)
-        hooks.delivery.seeking()  # observations made while it runs are void too
+        delivery = hooks.delivery
+        delivery.seeking()  # observations made while it runs are void too
+        delivery.seeks_running += 1
+        before = {tp: self._read_offset.get(tp) for tp in self.assignment() if tp.topic in delivery.topics}
         try:
             return await original_seek(self)
         finally:
-            hooks.delivery.seeking()
+            delivery.seeks_running -= 1
+            delivery.seeking()
+            log.info("sought to the committed offsets: %s", _moves(self, before))
 
     cls._drain_messages = drain  # type: ignore[method-assign]
     cls.perform_seek = perform_seek  # type: ignore[method-assign]
     cls._seqguard_batches = True  # type: ignore[attr-defined]
 
 
+def _moves(consumer: Any, before: dict[Any, int | None]) -> str:
+    """Each ordered partition's read offset before -> after a seek (and the committed offset Faust holds)."""
+    return ", ".join(
+        f"{tp.topic}[{tp.partition}] {was}->{consumer._read_offset.get(tp)}"
+        f" (committed {consumer._committed_offset.get(tp)})"
+        for tp, was in sorted(before.items())
+    )
+
+
 async def drain_in_batches(consumer: Any, fetcher: Any, delivery: Delivery) -> None:
     """Faust's ``_drain_messages`` loop, with the ordered topics' records delivered in fenced batches."""
     consumer_stopped = consumer._stopped.is_set
     fetcher_stopped = fetcher._stopped.is_set
+    asked = time.perf_counter()
     try:
         while not (consumer_stopped() or fetcher_stopped()):
             fetch_generation = generation(consumer)  # before the fetch: its records are this old at most
+            if delivery.expected_generation != fetch_generation:
+                delivery.expected.clear()
+                delivery.expected_generation = fetch_generation
+            seeks = delivery.seeks
             _observe(consumer, delivery, fetch_generation)
             records, active = await consumer._wait_next_records(1.0)
             await consumer.sleep(0)
@@ -146,11 +166,13 @@ async def drain_in_batches(consumer: Any, fetcher: Any, delivery: Delivery) -> N
             if not consumer.flow_active:
                 await _seek_back(consumer)
                 continue
-            batch, tps = await _take(consumer, records, active, delivery.topics)
-            if batch and not await deliver_fenced(consumer, delivery, batch, tps, fetch_generation):
-                await _after_fence(consumer, delivery, fetch_generation)
-            elif batch:
-                await _commit_if_due(consumer)
+            # Did the fetcher's position move only by the records handed out? Not if a seek or a
+            # rebalance ran (or runs) while the fetch was made: then no offsets count as passed over.
+            steady = seeks == delivery.seeks and not delivery.seeks_running and generation(consumer) == fetch_generation
+            batch, tps = await _take(consumer, records, active, delivery, steady)
+            if batch:
+                await _deliver_fetch(consumer, delivery, batch, tps, fetch_generation, time.perf_counter() - asked)
+                asked = time.perf_counter()
     except consumer.consumer_stopped_errors:
         if consumer.transport.app.should_stop:
             log.info("Broker stopped consumer, shutting down...")
@@ -160,6 +182,32 @@ async def drain_in_batches(consumer: Any, fetcher: Any, delivery: Delivery) -> N
         if consumer.transport.app.should_stop:
             return
         raise
+
+
+async def _deliver_fetch(
+    consumer: Any,
+    delivery: Delivery,
+    batch: list[InRecord],
+    tps: dict[tuple[str, int], Any],
+    fetch_generation: int,
+    waited: float,
+) -> None:
+    if delivery.on_fetched is not None:
+        delivery.on_fetched(waited)
+    unacked: set[tuple[str, int]] = set()
+    delivered = await deliver_fenced(consumer, delivery, batch, tps, fetch_generation, unacked)
+    # The fetcher's position is past every record taken. Records of a partition this worker
+    # owns (again) that were not acked must be read again from the committed offset: the seek
+    # of its assignment may already have run (while the loop waited for this fetch, or while a
+    # batch ran), and nobody else reads them.
+    reread = bool(unacked) and not unacked.isdisjoint((tp.topic, tp.partition) for tp in consumer.assignment())
+    if not delivered:
+        await _after_fence(consumer, delivery, fetch_generation, reread)
+    elif reread:
+        log.info("records of partitions owned again were not processed: reading again from the committed offsets")
+        await _seek_back(consumer)
+    else:
+        await _commit_if_due(consumer)
 
 
 def _observe(consumer: Any, delivery: Delivery, fetch_generation: int) -> None:
@@ -186,23 +234,25 @@ async def _commit_if_due(consumer: Any) -> None:
 
 
 async def _take(
-    consumer: Any, records: Any, active: Any, topics: frozenset[str]
+    consumer: Any, records: Any, active: Any, delivery: Delivery, steady: bool
 ) -> tuple[list[InRecord], dict[tuple[str, int], Any]]:
-    """The fetch's records of ``topics`` as InRecords (and their Faust TPs); every other
-    topic's records go through Faust's callback, as Faust's loop does."""
-    read_offset = consumer._read_offset
+    """The fetch's records of the delivery's topics as InRecords (and their Faust TPs); every
+    other topic's records go through Faust's callback, as Faust's loop does."""
+    read_offset, topics, expected = consumer._read_offset, delivery.topics, delivery.expected
     batch: list[InRecord] = []
     tps: dict[tuple[str, int], Any] = {}
     for tp, recs in records.items():
         if active is not None and tp not in active and tp not in consumer._buffered_partitions:
+            expected.pop(tp, None)  # the fetcher moved past these records
             continue
-        last = read_offset.get(tp)
         if tp.topic in topics:
             tps[(tp.topic, tp.partition)] = tp
-            last = await _take_ours(consumer, tp, recs, last, batch)
-            if last is not None:
-                read_offset[tp] = last
+            after = await _take_ours(consumer, tp, recs, expected.get(tp) if steady else None, batch)
+            if after is not None:
+                expected[tp] = after
+                read_offset[tp] = after - 1  # Faust's bookkeeping: the last offset read
             continue
+        last = read_offset.get(tp)
         for record in recs:
             offset = record.offset
             if last is not None and offset < last:
@@ -213,57 +263,64 @@ async def _take(
     return batch, tps
 
 
-async def _take_ours(consumer: Any, tp: Any, recs: Any, last: int | None, batch: list[InRecord]) -> int | None:
-    """Append one partition's records to ``batch``; the last offset taken (the read offset)."""
-    append, in_record = batch.append, InRecord
+async def _take_ours(consumer: Any, tp: Any, recs: Any, expected: int | None, batch: list[InRecord]) -> int | None:
+    """Append one partition's records to ``batch``; the offset expected next (None: none taken).
+
+    Every record the fetcher hands out is taken, below ``expected`` too (read again after a
+    seek back: the tables make them duplicates). Offsets the fetcher passed over (transaction
+    markers, compaction) count as a gap, so that commits can pass them, only where the loop
+    knows the position: between two records of the fetch, or from ``expected`` (None when a
+    seek or a rebalance may have moved the position). The fetcher makes the ordered topics'
+    records InRecords already (patches.IN_RECORD_TOPICS): a consecutive run is taken whole."""
+    if recs and type(recs[0]) is InRecord:
+        first, end = recs[0].offset, recs[-1].offset
+        if (expected is None or first == expected) and end - first == len(recs) - 1:
+            batch.extend(recs)
+            return end + 1
     for record in recs:
         offset = record.offset
-        if last is not None:
-            if offset < last:
-                continue  # read already (Faust drops these too)
-            if offset - last > 1:
-                await consumer._add_gap(tp, last + 1, offset)  # compaction or transaction markers
-        ts = record.timestamp
-        headers = record.headers
-        append(
-            in_record(
-                record.topic,
-                record.partition,
-                offset,
-                None if ts is None else ts / 1000.0,
-                record.key,
-                record.value,
-                list(headers) if headers else [],
-            )
-        )
-        last = offset
-    return last
+        if expected is not None and offset > expected:
+            log.debug("%s[%d]: offsets %d-%d passed over by the fetcher", tp.topic, tp.partition, expected, offset - 1)
+            await consumer._add_gap(tp, expected, offset - 1)
+        batch.append(record if type(record) is InRecord else InRecord.of(record.topic, record.partition, record))
+        expected = offset + 1
+    return expected
 
 
 async def deliver_fenced(
-    consumer: Any, delivery: Delivery, batch: list[InRecord], tps: dict[tuple[str, int], Any], fetch_generation: int
+    consumer: Any,
+    delivery: Delivery,
+    batch: list[InRecord],
+    tps: dict[tuple[str, int], Any],
+    fetch_generation: int,
+    unacked: set[tuple[str, int]],
 ) -> bool:
     """Hand ``batch`` to the handler in chunks; fence each chunk before it runs, while it
     writes, and before its ack. False if a chunk was dropped by the fence after it began
-    (its records and the rest are neither processed nor acked: the caller seeks back)."""
+    (its records and the rest are neither processed nor acked: the caller seeks back).
+    ``unacked`` collects the places of every record taken and not acked."""
     step = delivery.max_batch
     for start in range(0, len(batch), step):
         chunk = batch[start : start + step]
-        if not await _wait_writable(consumer, delivery, fetch_generation):
+        if not await wait_writable(consumer, delivery.lease_left, fetch_generation):
+            unacked.update(_places(batch[start:]))
             return False
         kept, dropped = fenced(chunk, consumer.assignment(), fetch_generation, generation(consumer))
         if dropped:
             delivery.left += len(dropped)
+            unacked.update(_places(dropped))
             log.info("left %d records of revoked partitions to their owner (not processed, not acked)", len(dropped))
         if not kept:
             continue
-        processed = await delivery.handler(kept, _fence(consumer, delivery, fetch_generation))
+        processed = await delivery.handler(kept, write_fence(consumer, delivery.lease_left, fetch_generation))
         delivery.batches += 1
         if len(processed) < len(kept):
             delivery.fenced_batches += 1
+            unacked.update(_places(batch[start:]))
             return False
         done, undone = fenced(processed, consumer.assignment(), fetch_generation, generation(consumer))
         if undone:
+            unacked.update(_places(undone))
             log.info("a rebalance ran during the batch: %d processed records left unacked, read again", len(undone))
         by_tp: dict[Any, list[int]] = defaultdict(list)
         for record in done:
@@ -271,6 +328,10 @@ async def deliver_fenced(
         for tp, offsets in by_tp.items():
             ack_offsets(consumer, tp, offsets)
     return True
+
+
+def _places(records: Sequence[InRecord]) -> set[tuple[str, int]]:
+    return {(r.topic, r.partition) for r in records}
 
 
 def ack_offsets(consumer: Any, tp: Any, offsets: list[int]) -> None:
@@ -291,38 +352,11 @@ def ack_offsets(consumer: Any, tp: Any, offsets: list[int]) -> None:
             notify(consumer._waiting_for_ack)
 
 
-def _fence(consumer: Any, delivery: Delivery, fetch_generation: int) -> Fence:
-    """Cheap enough to ask before every handler: a revocation always begins a new generation."""
-
-    def why_not() -> str | None:
-        if generation(consumer) != fetch_generation:
-            return "a rebalance began"
-        if delivery.lease_left is not None and delivery.lease_left(consumer) <= 0:
-            return "the group membership lease ran out (no heartbeat confirmed within the session timeout)"
-        return None
-
-    return why_not
-
-
-async def _wait_writable(consumer: Any, delivery: Delivery, fetch_generation: int) -> bool:
-    """Wait until the lease is confirmed (a frozen worker waits here on resuming). False if a
-    rebalance began meanwhile or the consumer stops: the fetch is stale."""
-    if delivery.lease_left is None:
-        return True
-    waited = False
-    while delivery.lease_left(consumer) <= 0:
-        if not waited:
-            log.warning("membership lease expired: holding batches until a heartbeat is confirmed or a rebalance")
-            waited = True
-        if generation(consumer) != fetch_generation or consumer.should_stop:
-            return False
-        await asyncio.sleep(0.05)
-    return generation(consumer) == fetch_generation
-
-
-async def _after_fence(consumer: Any, delivery: Delivery, fetch_generation: int) -> None:
+async def _after_fence(consumer: Any, delivery: Delivery, fetch_generation: int, reread: bool = False) -> None:
     """A batch was dropped before it wrote: read again from the committed offsets, once
-    this member may write again (a rebalance seeks there by itself)."""
+    this member may write again, or at once if a rebalance since gave this worker partitions
+    whose records were left (its assignment's seek may have run before the drop)."""
     log.warning("batch dropped by the write fence; reading again from the committed offsets")
-    if await _wait_writable(consumer, delivery, fetch_generation) and generation(consumer) == fetch_generation:
+    writable = await wait_writable(consumer, delivery.lease_left, fetch_generation)
+    if (writable and generation(consumer) == fetch_generation) or reread:
         await _seek_back(consumer)

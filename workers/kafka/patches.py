@@ -43,9 +43,10 @@ from aiokafka.record.memory_records import _MemoryRecordsPy
 from aiokafka.record.util import decode_varint
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from workers.kafka import hooks_of
+from workers.kafka import fetch_demand, hooks_of
 from workers.kafka.clients import Target
 from workers.kafka.read import read_to_end
+from workers.records import InRecord
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def install() -> None:
         hooks = hooks_of(self.app)
         if hooks is not None and hooks.fetch_max_wait_ms is not None:
             consumer._fetch_max_wait_ms = hooks.fetch_max_wait_ms
+        if hooks is not None and hooks.fetch_on_demand:
+            fetch_demand.mark_on_start(consumer)
         return consumer
 
     async def highwaters(self: Any, partitions: list[Any]) -> Mapping[Any, int]:
@@ -123,11 +126,23 @@ class _Records(_MemoryRecordsPy):  # type: ignore[misc]  # final only for typing
         return _Batch(batch, data, self.tp)
 
 
+#: Topics whose records the fetcher hands out as InRecords, not ConsumerRecords: the ordered
+#: topics, whose records go to the batch delivery only (``workers.kafka.install`` adds them).
+IN_RECORD_TOPICS: set[str] = set()
+
+
 class _PartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
     def __init__(self, tp: Any, records: Any, *args: Any) -> None:
         if isinstance(records, _Records):
             records.tp = tp
         super().__init__(tp, records, *args)
+        if tp.topic in IN_RECORD_TOPICS and self._key_deserializer is None and self._value_deserializer is None:
+            # One object per record instead of two (a ConsumerRecord, then the InRecord made from it).
+            self._consumer_record = _in_record
+
+
+def _in_record(tp: Any, record: Any) -> InRecord:
+    return InRecord.of(tp.topic, tp.partition, record)
 
 
 class _Batch:

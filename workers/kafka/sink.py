@@ -19,6 +19,7 @@ ahead of them (an event recorded as applied whose output was lost).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +48,9 @@ class Sink:
         #: record of that flush was acknowledged (empty while a flush runs or after one failed):
         #: the RocksDB store's checkpoint (workers/kafka/rocks.py).
         self.state_offsets: dict[tuple[str, int], int] = {}
+        #: Seconds the last flush waited for its effects, then for its state (the batch phases).
+        self.effects_seconds = 0.0
+        self.state_seconds = 0.0
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -112,6 +116,7 @@ class Sink:
         for _, _, builder in batches:
             builder.close()  # complete: aiokafka sends a closed batch at once instead of lingering on it
         _check(fence)
+        started = time.perf_counter()
         effects = [
             await self.producer.send(topic, value, key=key, timestamp_ms=ts, headers=headers)
             for topic, key, value, ts, headers in keyed
@@ -121,6 +126,8 @@ class Sink:
                 effects.append(await self.producer.send_batch(builder, topic, partition=partition))
         for fut in effects:
             await fut
+        effects_done = time.perf_counter()
+        self.effects_seconds = effects_done - started
         _check(fence)  # a freeze while the effects were sent must not let stale state follow them
         state = [
             (
@@ -137,6 +144,7 @@ class Sink:
             first = (await fut).offset  # a record batch's metadata: the offset of its first record
             offsets[(topic, partition)] = max(first + count - 1, offsets.get((topic, partition), -1))
         self.state_offsets = offsets
+        self.state_seconds = time.perf_counter() - effects_done
 
 
 def _check(fence: FenceCheck | None) -> None:

@@ -56,11 +56,11 @@ class MemoryBackend:
         self._undo: dict[bytes, tuple[bytes | None, int | None]] = {}
 
     def get(self, key: bytes, partition: int) -> bytes | None:
-        raw: bytes | None = self.data.get(key)
+        raw: bytes | None = self.data.data.get(key)  # the store's dict: its Mapping.get is Python code
         return raw
 
     def put(self, key: bytes, partition: int, raw: bytes | None) -> None:
-        data, partitions = self.data, self.partitions
+        data, partitions = self.data.data, self.partitions  # the dict behind Faust's FastUserDict
         if key not in self._undo:
             self._undo[key] = (data.get(key), partitions.get(key))
         if raw is None:

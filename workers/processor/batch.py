@@ -121,14 +121,21 @@ class OrderedProcessor:
     async def process_batch(self, records: Sequence[InRecord], fence: FenceCheck | None = None) -> bool:
         """Process and write the batch; False if the fence closed on it (nothing written)."""
         started = time.perf_counter()
+        processed = started
 
         async def work() -> None:
+            nonlocal processed
             await self._process_all(records)
             self.count_batch()  # before the flush: a reader of the output never sees more than /metrics
+            processed = time.perf_counter()
 
         if not await self.run_fenced(work, fence):
             return False
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        m, sink = self.metrics, self.sink
+        m.batch_seconds.observe(time.perf_counter() - started)
+        m.batch_phase_seconds.labels("process").observe(processed - started)
+        m.batch_phase_seconds.labels("effects").observe(sink.effects_seconds)
+        m.batch_phase_seconds.labels("state").observe(sink.state_seconds)
         return True
 
     async def run_fenced(self, work: Callable[[], Awaitable[None]], fence: FenceCheck | None) -> bool:
