@@ -95,6 +95,8 @@ class ReorderBuffer:
 
     def waiting(self) -> int:
         """Entries that wait to be applied (``done`` placeholders do not)."""
+        if not self.items:
+            return 0
         return sum(1 for b in self.items.values() if not b.done)
 
     def drop_below(self, seq: int) -> list[Buffered]:

@@ -306,6 +306,7 @@ def _report_of(aggregate_id: str, tally: _Tally) -> AggregateReport:
 
 # --------------------------------------------------------------------------- --since
 
+
 class SinceGate:
     """Which records a ``--since`` scan takes: per partition, none before the first record at or
     after the time, every one from it on (Kafka's ``offsets_for_times`` semantics). Where the

@@ -176,7 +176,9 @@ def _ordering_metrics(r: CollectorRegistry) -> dict[str, Any]:
             registry=r,
         ),
         "gaps_parked": Counter(
-            "seqguard_gaps_parked", "Aggregates parked on a gap (gap_policy park), by the type that waited", ["type"],
+            "seqguard_gaps_parked",
+            "Aggregates parked on a gap (gap_policy park), by the type that waited",
+            ["type"],
             registry=r,
         ),
         "replayed_events": Counter(

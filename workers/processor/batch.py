@@ -6,7 +6,7 @@ applied events, dead letters and audit records, and writes each changed aggregat
 state record per batch. The delivery acknowledges a batch's offsets only after
 ``process_batch`` returned, which is after every record it produced was acknowledged.
 
-Each batch carries a fence (workers/kafka/delivery.py): asked before every handler and
+Each batch carries a fence (workers/kafka/fence.py): asked before every handler and
 before the flush, it stops a batch whose partitions moved or whose membership lease ran
 out; such a batch is undone (``abort``) and read again. Each source partition has a gap
 clock (tables.clock): record timestamps while it lags, wall time while it is read to its end.
@@ -30,7 +30,7 @@ from tables.timers import Gap, gap_record
 from workers import logs
 from workers.context import Resources
 from workers.dependencies import Dependencies
-from workers.dlq.records import REPLAYED_FROM, Failure, header
+from workers.dlq.records import Failure, replayed_from
 from workers.envelope import Envelope, decode
 from workers.errors import (
     BUFFER_OVERFLOW,
@@ -180,8 +180,7 @@ class OrderedProcessor:
             )
 
     def gap_clock(self, partition: int) -> PartitionClock:
-        clock = self.clocks.get(partition)
-        if clock is None:
+        if (clock := self.clocks.get(partition)) is None:
             clock = self.clocks[partition] = PartitionClock()
         return clock
 
@@ -241,13 +240,19 @@ class OrderedProcessor:
         partition = loaded.partition
         room = self.store.waiting[partition] + self._held_now[partition] < self.settings.max_buffered_per_partition
         decision = core.decide(loaded.agg, incoming, policy, self.clock(), self.limits, room=room)
+        if decision.verdict is Verdict.APPLY and not self.runner.handles(env.type) and not replayed_from(rec.headers):
+            # The common case (in order, nothing to run, not a replay) without _carry_out's await.
+            self._applied(loaded, env, rec, incoming)
+            if loaded.agg.buffer:
+                await self.drain(loaded)
+            return
         await self._carry_out(loaded, env, rec, decision, policy, incoming)
 
     async def _carry_out(
         self, loaded: Loaded, env: Envelope, rec: InRecord, d: Decision, policy: Policy, incoming: Incoming
     ) -> None:
         m, action = self.metrics, d.action
-        replayed = header(rec.headers, REPLAYED_FROM)
+        replayed = replayed_from(rec.headers)
         if replayed is not None or d.verdict is not Verdict.APPLY:  # logged before what follows from it
             logs.decided(d, rec, env, loaded.agg.seq.next_seq, replayed)
         if d.verdict is Verdict.LATE:
@@ -349,8 +354,7 @@ class OrderedProcessor:
     # ------------------------------------------------------------------ state
 
     def load(self, key: bytes, partition: int) -> Loaded:
-        loaded = self._loaded.get(key)
-        if loaded is None:
+        if (loaded := self._loaded.get(key)) is None:
             loaded = self._loaded[key] = self.store.load(key, partition)
         return loaded
 
