@@ -4,7 +4,8 @@ seqguard changes three things inside faust-streaming's aiokafka driver (``patche
 fetch wait and the changelog-end probe; ``delivery``: records of the ordered topics go from
 the fetch to the processor in batches), makes aiokafka's fetcher fetch when the worker
 asks (``fetch_demand``), records aiokafka's heartbeat confirmations (``lease``), reads its
-per-partition fetch state (``progress``); ``tables`` reads one private attribute of Faust's
+per-partition fetch state (``progress``), lets table recovery seek a changelog partition
+whose offset it does not know (``recovery_seek``); ``tables`` reads one private attribute of Faust's
 memory store, and ``rocks`` its RocksDB store's partition databases and offset key. Private
 names change without notice between releases, so ``install`` first checks that the installed
 versions are exactly the ones the patches were written and tested against, and refuses to
@@ -67,13 +68,14 @@ def check_versions(version: Callable[[str], str] = importlib.metadata.version) -
 def install(app: Any, hooks: Hooks) -> None:
     """Check the versions, patch the Faust classes (once per process) and attach ``hooks`` to ``app``."""
     check_versions()
-    from workers.kafka import delivery, fetch_demand, lease, patches
+    from workers.kafka import delivery, fetch_demand, lease, patches, recovery_seek
 
     patches.install()
     patches.IN_RECORD_TOPICS.update(hooks.delivery.topics)
     fetch_demand.install()
     delivery.install()
     lease.install()
+    recovery_seek.install()
     setattr(app, _ATTRIBUTE, hooks)  # noqa: B010 - Faust's App has no slot of ours
 
 
