@@ -7,7 +7,7 @@ republished, so a replayed event carries its producer's headers plus the replay 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,11 +58,6 @@ def header(headers: Iterable[tuple[str, bytes | None]], name: str) -> str | None
         if k == name and v is not None:  # Kafka header values are nullable
             found = v.decode("utf-8", "replace")
     return found
-
-
-def replayed_from(headers: Sequence[tuple[str, bytes | None]]) -> str | None:
-    """The DLQ record a record is a replay of (its header), if it is one."""
-    return header(headers, REPLAYED_FROM) if headers else None
 
 
 def could_be_origin(claimed: str, read_from: str) -> bool:

@@ -31,10 +31,12 @@ def install() -> None:
     seek_offsets = cls._seek_offsets
 
     async def seek_known(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
-        unknown = sorted(str(tp) for tp in tps if not _known(offsets.get(tp)))
+        unknown = {tp for tp in tps if not _known(offsets.get(tp))}
         if unknown:
-            log.warning("%s changelog partitions without a known offset, read from their start: %s", title, unknown)
-            offsets = {tp: offsets.get(tp) if _known(offsets.get(tp)) else -1 for tp in tps}
+            log.warning(
+                "%s changelog partitions without a known offset, read from their start: %s", title, sorted(unknown)
+            )
+            offsets = {tp: -1 if tp in unknown else offsets[tp] for tp in tps}
         await seek_offsets(self, consumer, tps, offsets, title)
 
     cls._seqguard_faust_seek_offsets = seek_offsets  # type: ignore[attr-defined]  # the tests' contrast

@@ -30,7 +30,7 @@ from tables.timers import Gap, gap_record
 from workers import logs
 from workers.context import Resources
 from workers.dependencies import Dependencies
-from workers.dlq.records import Failure, replayed_from
+from workers.dlq.records import REPLAYED_FROM, Failure, header
 from workers.envelope import Envelope, decode
 from workers.errors import (
     BUFFER_OVERFLOW,
@@ -240,19 +240,13 @@ class OrderedProcessor:
         partition = loaded.partition
         room = self.store.waiting[partition] + self._held_now[partition] < self.settings.max_buffered_per_partition
         decision = core.decide(loaded.agg, incoming, policy, self.clock(), self.limits, room=room)
-        if decision.verdict is Verdict.APPLY and not self.runner.handles(env.type) and not replayed_from(rec.headers):
-            # The common case (in order, nothing to run, not a replay) without _carry_out's await.
-            self._applied(loaded, env, rec, incoming)
-            if loaded.agg.buffer:
-                await self.drain(loaded)
-            return
         await self._carry_out(loaded, env, rec, decision, policy, incoming)
 
     async def _carry_out(
         self, loaded: Loaded, env: Envelope, rec: InRecord, d: Decision, policy: Policy, incoming: Incoming
     ) -> None:
         m, action = self.metrics, d.action
-        replayed = replayed_from(rec.headers)
+        replayed = header(rec.headers, REPLAYED_FROM)
         if replayed is not None or d.verdict is not Verdict.APPLY:  # logged before what follows from it
             logs.decided(d, rec, env, loaded.agg.seq.next_seq, replayed)
         if d.verdict is Verdict.LATE:
