@@ -123,6 +123,8 @@ async def test_duplicates_and_dlq_replays_run_each_effect_once_and_project_as_on
         timeout=120,
         what=f"{failing} events dead-lettered after their effects",
     )
+    # The counter moves when a batch dead-letters, before its flush: the replay needs the records.
+    assert len(await consume_all(broker.bootstrap, settings.dlq, expect=failing, timeout=120)) == failing
     replay = json.loads(run_cli(d, "dlq", "replay", "--all", "--json", SEQGUARD_DOMAINS=DOMAINS).stdout)
     assert replay["republished"] == failing, replay
     out = await consume_all(broker.bootstrap, settings.output_topic, expect=n * STEPS, timeout=120)
